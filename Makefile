@@ -1,0 +1,57 @@
+# The notebook companion to 《從零建構大模型》. Two commands on a fresh machine:
+#   make lab    # set up (virtual environment, packages, data cache) and open the book in JupyterLab
+#   make test   # set up and run every test: helper unit tests + every notebook under nbval
+PYTHON  ?= python3
+VENV    ?= .venv
+SHARED  ?= ../shared/data
+NB      ?= notebooks/*.ipynb
+PY      := $(VENV)/bin/python
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=agg
+
+.PHONY: help install data lab test unit notebooks results lint clean
+
+help:
+	@echo "make lab        set up and open the notebooks in JupyterLab"
+	@echo "make test       set up and run all tests (helpers + every notebook under nbval), offline"
+	@echo "make unit       only the fast helper tests"
+	@echo "make notebooks  re-execute notebooks in place in a fresh kernel (NB=notebooks/02_gpt.ipynb for one)"
+	@echo "make results    rewrite README's results table from the executed notebooks"
+	@echo "make lint       ruff over helpers, tests, scripts and notebooks"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# pip is quick when everything is already there, so we always ask it.
+install: $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+
+# Fill the data cache (data/cache) from an offline mirror when there is one; loaders download otherwise.
+data: install
+	@if [ -d "$(SHARED)" ]; then $(PY) -m helpers.data --from "$(SHARED)"; \
+	else echo "no mirror at $(SHARED): the loaders will download the data on first use"; fi
+
+lab: data
+	$(VENV)/bin/jupyter lab notebooks/
+
+unit: data
+	$(OFFLINE) $(PY) -m pytest -q tests
+
+test: data
+	$(OFFLINE) $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+
+notebooks: data
+	@for nb in $(NB); do echo "== $$nb"; \
+	  $(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=900 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; done
+	$(MAKE) --no-print-directory results
+
+results: install
+	$(PY) scripts/results.py
+
+lint: install
+	$(VENV)/bin/ruff check helpers tests scripts notebooks
+
+clean:
+	rm -rf .pytest_cache .ruff_cache **/__pycache__ notebooks/runs notebooks/checkpoints

@@ -1,0 +1,38 @@
+"""``report(...)``: one ``RESULTS {json}`` line of a chapter's measured headline figures."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+__all__ = ["report", "elapsed"]
+
+_START = time.perf_counter()  # set when a notebook first imports helpers
+
+
+def elapsed() -> float:
+    """Seconds since ``helpers`` was first imported (≈ since the notebook started)."""
+    return time.perf_counter() - _START
+
+
+def _clean(v):
+    if hasattr(v, "item"):  # numpy / torch scalars
+        v = v.item()
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"report() got a non-finite figure {v}; a headline figure must be a real number")
+        return round(v, 4)
+    if isinstance(v, (int, str, bool)) or v is None:
+        return v
+    raise TypeError(f"report() figures must be numbers or strings, got {type(v).__name__}")
+
+
+def report(chapter: int, **figures) -> dict:
+    """Print ``RESULTS {"chapter": N, ...figures, "seconds": elapsed}`` and return the dict."""
+    if not isinstance(chapter, int) or not 0 <= chapter <= 12:
+        raise ValueError(f"chapter must be an int from 0 to 12, got {chapter!r}")
+    if not figures:
+        raise ValueError("report() needs at least one figure, e.g. report(1, val_loss=1.62)")
+    out = {"chapter": chapter, **{k: _clean(v) for k, v in figures.items()}, "seconds": round(elapsed(), 1)}
+    print("RESULTS " + json.dumps(out, ensure_ascii=False))
+    return out
