@@ -6,7 +6,7 @@ VENV    ?= .venv
 SHARED  ?= ../shared/data
 NB      ?= notebooks/*.ipynb
 PY      := $(VENV)/bin/python
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=agg
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .PHONY: help install data lab test unit notebooks results lint clean
 
@@ -25,7 +25,7 @@ $(PY):
 # pip is quick when everything is already there, so we always ask it.
 install: $(PY)
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	@$(PY) -m pip install -q --no-deps -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps -e .
 
 # Fill the data cache (data/cache) from an offline mirror when there is one; loaders download otherwise.
 data: install

@@ -4,9 +4,17 @@ Chapters import what they need from here; chapter-specific models live in their 
 (``helpers.gpt``, ``helpers.bert``, ``helpers.vit``, ...).
 """
 from .env import environment_report, get_device, seed_everything
-from .layers import (FeedForward, LearnedPositionalEncoding, MultiHeadAttention, Residual,
-                     SinusoidalPositionalEncoding, TransformerBlock, causal_mask, padding_mask,
-                     scaled_dot_product_attention)
+from .layers import (
+                     FeedForward,
+                     LearnedPositionalEncoding,
+                     MultiHeadAttention,
+                     Residual,
+                     SinusoidalPositionalEncoding,
+                     TransformerBlock,
+                     causal_mask,
+                     padding_mask,
+                     scaled_dot_product_attention,
+)
 from .plot import plot_attention, plot_history, set_style
 from .report import elapsed, report
 from .train import count_parameters, fit, load_checkpoint, save_checkpoint

@@ -13,9 +13,9 @@ import os
 import shutil
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 __all__ = [
     "DATASETS", "DataNotFoundError", "cache_dir", "dataset_path", "fill_cache_from", "load_tiny_shakespeare",

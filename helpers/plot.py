@@ -1,7 +1,7 @@
 """The figures several chapters draw, in one small consistent style."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -27,12 +27,11 @@ def _clean(v):
     raise TypeError(f"report() figures must be numbers or strings, got {type(v).__name__}")
 
 
-def report(chapter: int, **figures) -> dict:
-    """Print ``RESULTS {"chapter": N, ...figures, "seconds": elapsed}`` and return the dict."""
+def report(chapter: int, **figures) -> None:
+    """Print one line ``RESULTS {"chapter": N, ...figures, "seconds": elapsed}`` (README's table is built from it)."""
     if not isinstance(chapter, int) or not 0 <= chapter <= 12:
         raise ValueError(f"chapter must be an int from 0 to 12, got {chapter!r}")
     if not figures:
         raise ValueError("report() needs at least one figure, e.g. report(1, val_loss=1.62)")
     out = {"chapter": chapter, **{k: _clean(v) for k, v in figures.items()}, "seconds": round(elapsed(), 1)}
     print("RESULTS " + json.dumps(out, ensure_ascii=False))
-    return out

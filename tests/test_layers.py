@@ -2,9 +2,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import (FeedForward, LearnedPositionalEncoding, MultiHeadAttention, Residual,
-                     SinusoidalPositionalEncoding, TransformerBlock, causal_mask, padding_mask,
-                     scaled_dot_product_attention)
+from helpers import (
+    FeedForward,
+    LearnedPositionalEncoding,
+    MultiHeadAttention,
+    Residual,
+    SinusoidalPositionalEncoding,
+    TransformerBlock,
+    causal_mask,
+    padding_mask,
+    scaled_dot_product_attention,
+)
 
 
 def copy_to_torch_mha(m: MultiHeadAttention) -> torch.nn.MultiheadAttention:
