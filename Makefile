@@ -33,7 +33,7 @@ data: install
 	else echo "no mirror at $(SHARED): the loaders will download the data on first use"; fi
 
 lab: data
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 unit: data
 	$(OFFLINE) $(PY) -m pytest -q tests
