@@ -108,6 +108,11 @@ class MultiHeadAttention(nn.Module):
         if need_weights:
             out, w = scaled_dot_product_attention(q, k, v, mask, p, self.training)
             self.attn_weights = w.detach()
+        elif q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # under CPU autocast: PyTorch's low-precision CPU attention kernels are several times slower than its
+            # float32 one at these sizes, so attention runs in float32 (the matmuls around it stay in bf16)
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p)
         else:  # PyTorch's fused kernel: same maths, faster
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d_model))

@@ -50,6 +50,17 @@ def test_mha_matches_torch_self_and_cross(need_weights):
                                ref(x, mem, mem, key_padding_mask=~am.bool())[0])
 
 
+def test_mha_under_cpu_autocast_matches_float32():
+    # under bf16 autocast on the CPU the attention itself runs in float32 (faster there); the result must agree
+    torch.manual_seed(0)
+    m = MultiHeadAttention(32, 4).eval()
+    x, mask = torch.randn(3, 10, 32), causal_mask(10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m(x, mask=mask)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), m(x, mask=mask), atol=3e-2, rtol=3e-2)
+
+
 def test_mha_bad_arguments():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(10, 3)
