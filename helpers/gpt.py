@@ -149,7 +149,8 @@ class GPT(nn.Module):
 
 def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     """Mean next-token cross-entropy (nats) of ``model`` on a batch ``(x, y)``; the loss_fn for ``helpers.fit``."""
-    x, y = batch
+    device = next(model.parameters()).device
+    x, y = (t.to(device) for t in batch)
     logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
@@ -442,6 +443,7 @@ def random_batches(data: Tensor, block_size: int, batch_size: int,
 def eval_loss(model: GPT, data: Tensor, block_size: int, batch_size: int = 64, max_batches: int | None = None) -> float:
     """Mean next-token loss (nats) over consecutive non-overlapping windows of ``data`` (all of it by default)."""
     model.eval()
+    device = next(model.parameters()).device
     n = (len(data) - 1) // block_size
     x = data[: n * block_size].view(n, block_size)
     y = data[1: n * block_size + 1].view(n, block_size)
@@ -449,8 +451,8 @@ def eval_loss(model: GPT, data: Tensor, block_size: int, batch_size: int = 64, m
     for i, s in enumerate(range(0, n, batch_size)):
         if max_batches is not None and i >= max_batches:
             break
-        logits = model(x[s:s + batch_size])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y[s:s + batch_size].reshape(-1),
+        logits = model(x[s:s + batch_size].to(device))
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y[s:s + batch_size].to(device).reshape(-1),
                                  reduction="sum").item()
         count += y[s:s + batch_size].numel()
     return total / count
