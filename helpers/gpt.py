@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LearnedPositionalEncoding, MultiHeadAttention, TransformerBlock, causal_mask
+from .layers import LearnedPositionalEncoding, TransformerBlock, causal_mask
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "lm_loss", "hf_config", "to_hf", "from_hf", "load_hf_state_dict",
            "generate", "filter_logits", "sliding_window_nll", "CharTokenizer", "random_batches", "eval_loss"]
@@ -54,19 +54,9 @@ class KVCache:
         self.layers = [(k[index], v[index]) for k, v in self.layers]
 
 
-def _attend_cached(attn: MultiHeadAttention, x: Tensor, past: tuple[Tensor, Tensor] | None,
-                   mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """The attention of ``attn`` (same q/k/v/out projections) for new tokens ``x``, attending to cached + new keys."""
-    q, k, v = attn._split(attn.q_proj(x)), attn._split(attn.k_proj(x)), attn._split(attn.v_proj(x))
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return attn.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], attn.d_model)), (k, v)
-
-
 def _block_cached(block: TransformerBlock, x: Tensor, past, mask: Tensor):
     """TransformerBlock.forward (pre-norm) with a KV cache: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-    h, kv = _attend_cached(block.self_attn, block.res1.norm(x), past, mask)
+    h, kv = block.self_attn.forward_cached(block.res1.norm(x), past, mask)
     x = x + block.res1.drop(h)
     return block.res2(x, block.ff), kv
 

@@ -104,18 +104,36 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"kv must be (batch={x.shape[0]}, kv_len, d_model={self.d_model}), got {tuple(kv.shape)}")
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
         _check_mask(mask, (x.shape[0], self.n_heads, x.shape[1], kv.shape[1]))
-        p = self.dropout if self.training else 0.0
         if need_weights:
-            out, w = scaled_dot_product_attention(q, k, v, mask, p, self.training)
+            out, w = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.training)
             self.attn_weights = w.detach()
-        elif q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        else:
+            out = self._attend(q, k, v, mask)
+        return self._merge(out)
+
+    def forward_cached(self, x: Tensor, past: tuple[Tensor, Tensor] | None,
+                       mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Self-attention of new tokens ``x`` over cached keys/values ``past`` (each (batch, heads, seen, d_head), or
+        None) plus their own; ``mask`` is (…, new, seen + new). Returns (output, (keys, values)) with the new keys
+        and values appended: the key/value cache of generation."""
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        _check_mask(mask, (x.shape[0], self.n_heads, x.shape[1], k.shape[2]))
+        return self._merge(self._attend(q, k, v, mask)), (k, v)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """PyTorch's fused kernel: the same maths as scaled_dot_product_attention above, faster."""
+        p = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
             # under CPU autocast: PyTorch's low-precision CPU attention kernels are several times slower than its
             # float32 one at these sizes, so attention runs in float32 (the matmuls around it stay in bf16)
             with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p)
-        else:  # PyTorch's fused kernel: same maths, faster
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d_model))
+                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+    def _merge(self, out: Tensor) -> Tensor:  # (B, H, T, d_head) -> (B, T, D), then the output projection
+        return self.out_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], self.d_model))
 
 
 class FeedForward(nn.Module):

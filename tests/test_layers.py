@@ -61,6 +61,20 @@ def test_mha_under_cpu_autocast_matches_float32():
     torch.testing.assert_close(low.float(), m(x, mask=mask), atol=3e-2, rtol=3e-2)
 
 
+def test_mha_forward_cached_equals_causal_forward():
+    torch.manual_seed(0)
+    m = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    full = m(x, mask=causal_mask(6))
+    out, past = m.forward_cached(x[:, :4], None, causal_mask(4))  # the prompt, then one token at a time
+    steps = [out]
+    for t in (4, 5):
+        out, past = m.forward_cached(x[:, t:t + 1], past)  # a single new query may see every cached key
+        steps.append(out)
+    assert past[0].shape == (2, 4, 6, 4)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
 def test_mha_bad_arguments():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(10, 3)
