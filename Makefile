@@ -8,12 +8,13 @@ NB      ?= notebooks/*.ipynb
 PY      := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install data lab test unit notebooks results lint clean
+.PHONY: help install data lab test unit check notebooks results lint clean
 
 help:
 	@echo "make lab        set up and open the notebooks in JupyterLab"
 	@echo "make test       set up and run all tests (helpers + every notebook under nbval), offline"
 	@echo "make unit       only the fast helper tests"
+	@echo "make check      the notebooks' shared conventions and README's table, from the committed notebooks (seconds)"
 	@echo "make notebooks  re-execute notebooks in place in a fresh kernel (NB=notebooks/02_gpt.ipynb for one)"
 	@echo "make results    rewrite README's results table from the executed notebooks"
 	@echo "make lint       ruff over helpers, tests, scripts and notebooks"
@@ -37,6 +38,10 @@ lab: data
 
 unit: data
 	$(OFFLINE) $(PY) -m pytest -q tests
+
+# Reads the committed notebooks, executes nothing: conventions (README "Contributing"), RESULTS lines, README's table.
+check: install
+	$(OFFLINE) $(PY) -m pytest -q tests/test_notebooks.py
 
 test: data
 	$(OFFLINE) $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900

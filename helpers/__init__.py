@@ -3,7 +3,7 @@
 Chapters import what they need from here; chapter-specific models live in their own modules
 (``helpers.gpt``, ``helpers.bert``, ``helpers.vit``, ...).
 """
-from .env import environment_report, get_device, seed_everything
+from .env import autocast, bf16_fast, bf16_runs, environment_report, get_device, seed_everything
 from .layers import (
                      FeedForward,
                      LearnedPositionalEncoding,
@@ -15,13 +15,22 @@ from .layers import (
                      padding_mask,
                      scaled_dot_product_attention,
 )
-from .plot import plot_attention, plot_history, set_style
 from .report import elapsed, report
 from .train import count_parameters, fit, load_checkpoint, save_checkpoint
 
+_LAZY = {"plot_attention": "plot", "plot_history": "plot", "set_style": "plot"}  # matplotlib only when asked
+
+
+def __getattr__(name):  # keeps `import helpers` free of matplotlib, e.g. in the DDP worker processes of ch07/ch11
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+
+
 __all__ = [
-    "environment_report", "get_device", "seed_everything", "FeedForward", "LearnedPositionalEncoding",
-    "MultiHeadAttention", "Residual", "SinusoidalPositionalEncoding", "TransformerBlock", "causal_mask",
+    "autocast", "bf16_fast", "bf16_runs", "environment_report", "get_device", "seed_everything", "FeedForward",
+    "LearnedPositionalEncoding", "MultiHeadAttention", "Residual", "SinusoidalPositionalEncoding", "TransformerBlock", "causal_mask",
     "padding_mask", "scaled_dot_product_attention", "plot_attention", "plot_history", "set_style", "elapsed",
     "report", "count_parameters", "fit", "load_checkpoint", "save_checkpoint",
 ]

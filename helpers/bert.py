@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import TransformerBlock, padding_mask
+from .layers import TransformerBlock, layer_head_masks, padding_mask
 
 __all__ = ["BertConfig", "BertEmbeddings", "Bert", "MLMHead", "BertForMLM", "BertClassifier", "mean_pool",
            "mask_tokens", "load_hf_state_dict", "from_pretrained", "read_config", "hf_config", "to_hf"]
@@ -69,28 +69,48 @@ class BertEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        T = input_ids.shape[1]
+    def forward(self, input_ids: Tensor | None = None, token_type_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None) -> Tensor:
+        """(batch, seq_len, hidden). ``inputs_embeds`` (batch, seq_len, hidden) replaces ``word(input_ids)``;
+        positions and segments are still added, then LayerNorm and dropout."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        words = self.word(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = words.shape[:2]
         if T > self.position.num_embeddings:
-            raise ValueError(f"input_ids has {T} tokens but the model has only max_positions="
-                             f"{self.position.num_embeddings} position embeddings; truncate (tokenizer(..., "
-                             f"truncation=True, max_length={self.position.num_embeddings})) or split the text")
+            raise ValueError(f"{'input_ids' if inputs_embeds is None else 'inputs_embeds'} has {T} tokens but the "
+                             f"model has only max_positions={self.position.num_embeddings} position embeddings; "
+                             f"truncate (tokenizer(..., truncation=True, max_length={self.position.num_embeddings})) "
+                             f"or split the text")
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        pos = torch.arange(T, device=input_ids.device)
-        return self.drop(self.norm(self.word(input_ids) + self.position(pos) + self.segment(token_type_ids)))
+            token_type_ids = torch.zeros(B, T, dtype=torch.long, device=words.device)
+        pos = torch.arange(T, device=words.device)
+        return self.drop(self.norm(words + self.position(pos) + self.segment(token_type_ids)))
 
 
-def _check_inputs(input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
-                  cfg: BertConfig) -> None:
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+def _check_inputs(input_ids: Tensor | None, attention_mask: Tensor | None, token_type_ids: Tensor | None,
+                  cfg: BertConfig, inputs_embeds: Tensor | None = None) -> None:
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids (batch, seq_len) and inputs_embeds (batch, seq_len, "
+                         "hidden_size), e.g. bert.embeddings.word(input_ids) with soft-prompt vectors in front")
+    if inputs_embeds is not None:
+        if (not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point()
+                or inputs_embeds.shape[-1] != cfg.hidden_size):
+            got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
+            raise ValueError(f"inputs_embeds must be a float tensor (batch, seq_len, hidden_size={cfg.hidden_size}), "
+                             f"got {got}")
+        shape, what = tuple(inputs_embeds.shape[:2]), "inputs_embeds has (batch, seq_len)"
+    else:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got "
+                             f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+        shape, what = tuple(input_ids.shape), "input_ids has shape"
     for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        if t is not None and tuple(t.shape) != tuple(input_ids.shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but input_ids has shape {tuple(input_ids.shape)}; "
-                             f"they must match (batch, seq_len) — pass the tokenizer's {name} for the same batch")
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but {what} {shape}; they must match (batch, "
+                             f"seq_len) — pass the tokenizer's {name} for the same batch (longer by the prompt "
+                             f"length with soft prompts)")
+    if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
         raise ValueError(f"input_ids must be in [0, vocab_size={cfg.vocab_size}), got values in "
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]; was the text encoded with another tokenizer?")
 
@@ -125,14 +145,35 @@ class Bert(nn.Module):
             if m.padding_idx is not None:
                 m.weight.data[m.padding_idx].zero_()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                need_weights: bool = False) -> Tensor:
-        _check_inputs(input_ids, attention_mask, token_type_ids, self.config)
-        x = self.embeddings(input_ids, token_type_ids)
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, need_weights: bool = False, *,
+                inputs_embeds: Tensor | None = None, head_mask: Tensor | list | None = None,
+                output_hidden_states: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
+        """Last hidden states (batch, T, hidden) of ``input_ids`` (batch, T), or of ``inputs_embeds`` (batch, T, hidden)
+        used in place of the word embeddings (positions, segments and LayerNorm still apply).
+
+        ``attention_mask`` (batch, T) has 0 at padding. ``head_mask``: (num_heads,), (num_layers, num_heads) or a list
+        with one mask per layer; 0 removes a head. ``output_hidden_states=True`` returns (last, hidden_states): the
+        num_layers + 1 states of BertModel (the embeddings, then each layer's output)."""
+        _check_inputs(input_ids, attention_mask, token_type_ids, self.config, inputs_embeds)
+        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         mask = None if attention_mask is None else padding_mask(attention_mask)
-        for block in self.blocks:
-            x = block(x, mask=mask, need_weights=need_weights)
-        return x
+        hidden = [x]
+        for block, hm in zip(self.blocks, layer_head_masks(head_mask, len(self.blocks))):
+            x = block(x, mask=mask, need_weights=need_weights, head_mask=hm)
+            hidden.append(x)
+        return (x, tuple(hidden)) if output_hidden_states else x
+
+    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
+        """Remove attention heads for good, ``{layer: [head, ...]}`` (indices of the current heads; the
+        transformers 4 convention). Build the optimizer afterwards: the pruned projections are new parameters."""
+        if not isinstance(heads_to_prune, dict):
+            raise TypeError(f"heads_to_prune must be a dict {{layer: [heads]}}, got {type(heads_to_prune).__name__}")
+        bad = [k for k in heads_to_prune if not isinstance(k, int) or not 0 <= k < len(self.blocks)]
+        if bad:
+            raise ValueError(f"layer indices {bad} are out of range: the model has num_layers={len(self.blocks)}")
+        for layer, heads in heads_to_prune.items():
+            self.blocks[layer].self_attn.prune_heads(heads)
 
     def pool(self, hidden: Tensor) -> Tensor:
         """BERT's pooler: tanh(W h_[CLS] + b)."""
@@ -143,6 +184,9 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """Average of the token vectors, padding left out (sentence-transformers' pooling)."""
     if attention_mask is None:
         return hidden.mean(1)
+    if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but hidden is (batch, seq_len, "
+                         f"hidden) = {tuple(hidden.shape)}; pass the (batch, seq_len) mask of the same batch")
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
@@ -181,14 +225,20 @@ class BertForMLM(nn.Module):
         nn.init.normal_(self.head.dense.weight, std=0.02)
         nn.init.zeros_(self.head.dense.bias)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
-                full: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Return (logits, loss). ``labels`` uses -100 for unmasked tokens; ``full=True`` projects every position."""
-        hidden = self.bert(input_ids, attention_mask)
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, full: bool = False, *,
+                inputs_embeds: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Return (logits, loss). ``labels`` uses -100 for unmasked tokens; ``full=True`` projects every position;
+        ``inputs_embeds`` replaces the word embeddings as in ``Bert.forward``."""
+        hidden = self.bert(input_ids, attention_mask, inputs_embeds=inputs_embeds)
         if labels is None:
             return self.head(hidden), None
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels has shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}; they must match")
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels has shape {tuple(labels.shape)}, the inputs (batch, seq_len) = "
+                             f"{tuple(hidden.shape[:2])}; they must match")
+        if not (labels != -100).any():
+            raise ValueError("every label is -100, so there is no token to predict and the loss would be NaN; mask "
+                             "at least one token (helpers.bert.mask_tokens) or skip this batch")
         if full:
             logits = self.head(hidden)
             return logits, F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
@@ -210,9 +260,9 @@ class BertClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(bert.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> Tensor:
-        h = self.bert(input_ids, attention_mask, token_type_ids)
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None) -> Tensor:
+        h = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds)
         z = mean_pool(h, attention_mask) if self.pooling == "mean" else self.bert.pool(h)
         return self.head(self.drop(z))
 

@@ -4,16 +4,22 @@ Every loader looks in the cache (``data/cache/`` in the repository, or ``$LLMBOO
 missing it downloads the canonical source into the cache, unless offline (``HF_HUB_OFFLINE=1``,
 ``HF_DATASETS_OFFLINE=1`` or ``LLMBOOK_OFFLINE=1``), in which case it raises ``DataNotFoundError`` saying how
 to fill the cache. ``python -m helpers.data --from ../shared/data`` copies an offline mirror into the cache.
+
+MNIST's training split is a fixed, class-balanced subset of 5,000 digits, the same online and offline: the mirror
+holds exactly those digits, and after a torchvision download (60,000 digits) ``load_mnist`` picks them out by the
+pixel hashes listed in ``data/mnist_train_subset.txt`` (made by ``python -m helpers.data --mnist-subset-list
+../shared/data``).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import shutil
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +27,16 @@ __all__ = [
     "DATASETS", "DataNotFoundError", "cache_dir", "dataset_path", "fill_cache_from", "load_tiny_shakespeare",
     "load_imdb", "load_sst2", "load_mnist", "load_zh_novel", "load_zh_reviews", "gpt2_tokenizer",
     "bert_chinese_tokenizer", "load_wordnet", "load_cilin", "minilm_path", "MINILM_SHA256", "ZH_NOVELS",
+    "MNIST_TRAIN_SIZE", "MNIST_TEST_SIZE", "MNIST_SUBSET_LIST", "mnist_image_hashes", "mnist_train_subset",
+    "select_mnist_subset", "write_mnist_subset_list",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MNIST_TRAIN_SIZE = 5000   # load_mnist(train=True): the fixed subset, 500 digits per class
+MNIST_TEST_SIZE = 10000   # load_mnist(train=False): the full official test set
+MNIST_SUBSET_LIST = ROOT / "data" / "mnist_train_subset.txt"
+_MNIST_HASH_LEN = 16      # hex digits of SHA-1 kept per image (64 bits)
 ZH_NOVELS = {"xiyouji": "西游记", "hongloumeng": "红楼梦", "sanguoyanyi": "三国演义", "shuihuzhuan": "水浒传"}
 _RAW = "https://raw.githubusercontent.com"
 
@@ -199,6 +211,10 @@ def _csv_dataset(path: Path):
     # csv.reader-based load keeps text exactly as stored (no NaN for empty strings)
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path} has no data rows (it is empty or holds only a header): the cached file is damaged. "
+                         f"Delete it and fill the cache again (`python -m helpers.data --from ../shared/data`, "
+                         f"or load once with internet).")
     cols = {k: [r[k] if r[k] is not None else "" for r in rows] for k in rows[0]}
     if "label" in cols:
         cols["label"] = [int(x) for x in cols["label"]]
@@ -217,11 +233,120 @@ def load_sst2():
     return datasets.DatasetDict({s: _csv_dataset(root / f"{s}.csv") for s in ("train", "validation")})
 
 
+def mnist_image_hashes(images) -> list[str]:
+    """Short hash of each image: the first 16 hex digits of SHA-1 of its uint8 pixel bytes (row-major)."""
+    import torch
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim < 2:
+        raise TypeError(f"mnist_image_hashes needs a uint8 tensor of images (N, 28, 28), got "
+                        f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}")
+    rows = images.detach().cpu().reshape(len(images), -1).contiguous().numpy()
+    return [hashlib.sha1(r.tobytes()).hexdigest()[:_MNIST_HASH_LEN] for r in rows]
+
+
+def select_mnist_subset(images, labels, subset: Sequence[tuple[str, int]], hashes: Sequence[str] | None = None):
+    """``(images[idx], labels[idx])`` for the (hash, label) pairs of ``subset``, in its order; copies of one image
+    are taken in order of appearance. Raises ValueError for a missing image or a short-hash collision."""
+    import torch
+    if hashes is None:
+        hashes = mnist_image_hashes(images)
+    if not isinstance(labels, torch.Tensor) or labels.shape != (len(images),):
+        raise ValueError(f"labels must be a tensor of shape ({len(images)},), one per image, got "
+                         f"{type(labels).__name__} {tuple(getattr(labels, 'shape', ()))}")
+    if len(hashes) != len(images):
+        raise ValueError(f"hashes has {len(hashes)} entries for {len(images)} images; pass mnist_image_hashes(images)")
+    where: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes):
+        where.setdefault(h, []).append(i)
+    lab = labels.tolist()
+    used: dict[tuple[str, int], int] = {}
+    idx, missing = [], []
+    for pos, (h, y) in enumerate(subset):
+        cands = [i for i in where.get(h, ()) if lab[i] == y]
+        if any(not torch.equal(images[i], images[cands[0]]) for i in cands[1:]):
+            raise ValueError(f"hash collision: images {cands} have the same short hash {h} but different pixels; "
+                             f"regenerate the subset list with longer hashes (_MNIST_HASH_LEN in helpers/data.py)")
+        k = used.get((h, y), 0)
+        if k < len(cands):
+            idx.append(cands[k])
+            used[h, y] = k + 1
+        else:
+            other = sorted({lab[i] for i in where.get(h, ())} - {y})
+            missing.append(f"#{pos} (hash {h}, label {y}{f'; found with label {other}' if other else ''})")
+    if missing:
+        raise ValueError(f"{len(missing)} of the {len(subset)} images of the MNIST subset are not among the "
+                         f"{len(images)} images given: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
+                         f"The images are not the official MNIST training set (or a copy of the mirror's subset).")
+    t = torch.tensor(idx, dtype=torch.long)
+    return images[t], labels[t]
+
+
+@functools.cache
+def mnist_train_subset(path: Path = MNIST_SUBSET_LIST) -> tuple[tuple[str, int], ...]:
+    """The committed MNIST training subset as (hash, label) pairs, in order (see ``write_mnist_subset_list``)."""
+    pairs = []
+    for n, line in enumerate(Path(path).read_text(encoding="ascii").splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            h, _, y = line.partition(" ")
+            if len(h) != _MNIST_HASH_LEN or not y.strip().isdigit():
+                raise ValueError(f"{path}:{n}: expected '<{_MNIST_HASH_LEN} hex digits> <label>', got {line!r}")
+            pairs.append((h, int(y)))
+    if len(pairs) != MNIST_TRAIN_SIZE:
+        raise ValueError(f"{path} lists {len(pairs)} images, expected MNIST_TRAIN_SIZE = {MNIST_TRAIN_SIZE}")
+    return tuple(pairs)
+
+
+def _read_idx(path: Path):
+    """An idx file (the MNIST format) as a uint8 tensor."""
+    import numpy as np
+    import torch
+    raw = Path(path).read_bytes()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 8:
+        raise ValueError(f"{path} is not an uint8 idx file (MNIST format)")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(raw[3])]
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(dims)).copy()).reshape(dims)
+
+
+def write_mnist_subset_list(mirror: str | Path, dest: str | Path = MNIST_SUBSET_LIST) -> Path:
+    """Write the subset list from the mirror's ``MNIST/raw/train-*`` files (5,000 digits, 500 per class)."""
+    raw = Path(mirror) / "MNIST" / "raw"
+    images, labels = _read_idx(raw / "train-images-idx3-ubyte"), _read_idx(raw / "train-labels-idx1-ubyte").long()
+    counts = labels.bincount(minlength=10).tolist()
+    if len(images) != MNIST_TRAIN_SIZE or counts != [MNIST_TRAIN_SIZE // 10] * 10:
+        raise ValueError(f"{raw} holds {len(images)} training digits, {counts} per class; the subset must be "
+                         f"MNIST_TRAIN_SIZE = {MNIST_TRAIN_SIZE}, {MNIST_TRAIN_SIZE // 10} per class")
+    hashes = mnist_image_hashes(images)
+    select_mnist_subset(images, labels, list(zip(hashes, labels.tolist())), hashes)  # raises on a hash collision
+    header = (f"# The {MNIST_TRAIN_SIZE:,} MNIST training digits ({MNIST_TRAIN_SIZE // 10} per class) that "
+              f"helpers.data.load_mnist(train=True) returns, in this order.\n"
+              f"# One line per image: the first {_MNIST_HASH_LEN} hex digits of SHA-1 of its 28x28 uint8 pixel "
+              f"bytes (row-major), a space, its label.\n"
+              f"# Made from the data mirror by `python -m helpers.data --mnist-subset-list ../shared/data`.\n")
+    dest = Path(dest)
+    dest.write_text(header + "".join(f"{h} {y}\n" for h, y in zip(hashes, labels.tolist())), encoding="ascii")
+    mnist_train_subset.cache_clear()
+    return dest
+
+
 def load_mnist(train: bool = True, transform=None):
-    """MNIST through ``torchvision.datasets.MNIST`` rooted at the cache (the mirror has 5k train / 10k test digits)."""
+    """``torchvision.datasets.MNIST`` from the cache: the fixed 5,000-digit training subset (``MNIST_TRAIN_SIZE``, same
+    digits and order from the mirror or a download) or the 10,000 test digits (``MNIST_TEST_SIZE``)."""
+    if not isinstance(train, bool):
+        raise TypeError(f"train must be True (the {MNIST_TRAIN_SIZE:,} training digits) or False (the "
+                        f"{MNIST_TEST_SIZE:,} test digits), got {train!r}")
     import torchvision
     root = dataset_path("mnist")
-    return torchvision.datasets.MNIST(str(root), train=train, transform=transform, download=False)
+    ds = torchvision.datasets.MNIST(str(root), train=train, transform=transform, download=False)
+    if train:
+        try:
+            ds.data, ds.targets = select_mnist_subset(ds.data, ds.targets, mnist_train_subset())
+        except ValueError as e:
+            raise ValueError(f"{ds.raw_folder}: {e} Delete that folder and fill the cache again "
+                             f"(`python -m helpers.data --from ../shared/data`, or load once with internet).") from e
+    expected = MNIST_TRAIN_SIZE if train else MNIST_TEST_SIZE
+    if len(ds) != expected:
+        raise ValueError(f"{ds.raw_folder} gave {len(ds)} {'training' if train else 'test'} digits, expected "
+                         f"{expected:,}: delete that folder and fill the cache again")
+    return ds
 
 
 def load_zh_novel(name: str = "xiyouji") -> str:
@@ -305,6 +430,9 @@ def minilm_path(check: bool = True) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--from":
         print("copied into", cache_dir(), ":", ", ".join(fill_cache_from(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--mnist-subset-list":
+        print("wrote", write_mnist_subset_list(sys.argv[2]))
     else:
-        print("usage: python -m helpers.data --from ../shared/data")
+        print("usage: python -m helpers.data --from ../shared/data      (fill the cache from a mirror)\n"
+              "       python -m helpers.data --mnist-subset-list ../shared/data   (rewrite data/mnist_train_subset.txt)")
         sys.exit(2)

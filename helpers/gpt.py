@@ -1,7 +1,7 @@
 """GPT-2 (chapter 02), built from ``helpers.layers``: the model (pre-norm blocks, GELU-tanh MLP, learned positions,
-tied embeddings), a key/value cache, weight mapping to and from ``transformers.GPT2LMHeadModel``, generation
-(greedy, beam search, temperature / top-k / top-p sampling), perplexity with a sliding window, and a character-level
-tokenizer with a batch sampler. Reused by later chapters that train or fine-tune a decoder."""
+tied embeddings), weight mapping to and from ``transformers.GPT2LMHeadModel``, perplexity with a sliding window, and
+a character-level tokenizer with a batch sampler. Generation (greedy, beam search, sampling) and the key/value cache
+live in ``helpers.generate`` and are re-exported here. Reused by later chapters that train or fine-tune a decoder."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LearnedPositionalEncoding, TransformerBlock, causal_mask
+from .generate import KVCache, filter_logits, generate
+from .layers import LearnedPositionalEncoding, TransformerBlock, causal_mask, layer_head_masks
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "lm_loss", "hf_config", "to_hf", "from_hf", "load_hf_state_dict",
            "generate", "filter_logits", "sliding_window_nll", "CharTokenizer", "random_batches", "eval_loss"]
@@ -40,33 +41,14 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
 
 
-class KVCache:
-    """Per-layer keys and values (batch, heads, seen, d_head) of the tokens seen so far."""
-
-    def __init__(self):
-        self.layers: list[tuple[Tensor, Tensor]] = []
-
-    def __len__(self) -> int:  # number of cached positions
-        return 0 if not self.layers else self.layers[0][0].shape[2]
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (beam search moves rows between beams)."""
-        self.layers = [(k[index], v[index]) for k, v in self.layers]
-
-
-def _block_cached(block: TransformerBlock, x: Tensor, past, mask: Tensor):
-    """TransformerBlock.forward (pre-norm) with a KV cache: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-    h, kv = block.self_attn.forward_cached(block.res1.norm(x), past, mask)
-    x = x + block.res1.drop(h)
-    return block.res2(x, block.ff), kv
-
-
 class GPT(nn.Module):
     """GPT-2: token + learned position embeddings, ``n_layer`` pre-norm TransformerBlocks (GELU-tanh), final
     LayerNorm, and an LM head tied to the token embedding. ``forward`` returns logits (batch, seq_len, vocab)."""
 
     def __init__(self, cfg: GPTConfig | None = None, **sizes):
         super().__init__()
+        if cfg is not None and sizes:
+            raise ValueError(f"pass either a GPTConfig or sizes as keywords, not both (got {sorted(sizes)})")
         self.config = cfg = cfg if cfg is not None else GPTConfig(**sizes)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = LearnedPositionalEncoding(cfg.block_size, cfg.n_embd)
@@ -89,52 +71,84 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def _check(self, idx: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None, past: int) -> None:
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point():
-            raise ValueError(f"idx must be an integer tensor (batch, seq_len), got "
-                             f"{tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__}")
-        if past + idx.shape[1] > self.config.block_size:
-            raise ValueError(f"{past + idx.shape[1]} positions (cached {past} + new {idx.shape[1]}) exceed the context "
+    def _check(self, idx: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
+               position_ids: Tensor | None, past: int) -> tuple[int, int]:
+        """Validate the inputs; return (batch, seq_len)."""
+        if (idx is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of idx (token ids, batch x seq_len) and inputs_embeds "
+                             "(batch, seq_len, n_embd), e.g. model.wte(idx) with soft-prompt vectors in front")
+        if idx is not None:
+            if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point():
+                raise ValueError(f"idx must be an integer tensor (batch, seq_len), got "
+                                 f"{tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__}")
+            B, T = idx.shape
+        else:
+            if (not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3
+                    or inputs_embeds.shape[-1] != self.config.n_embd or not inputs_embeds.is_floating_point()):
+                got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
+                raise ValueError(f"inputs_embeds must be a float tensor (batch, seq_len, n_embd={self.config.n_embd}), "
+                                 f"e.g. model.wte(idx); got {got}")
+            B, T = inputs_embeds.shape[:2]
+        if past + T > self.config.block_size:
+            raise ValueError(f"{past + T} positions (cached {past} + new {T}) exceed the context "
                              f"block_size={self.config.block_size}; crop the input to its last {self.config.block_size} tokens")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+        if idx is not None and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != idx.shape[0]
-                                           or attention_mask.shape[1] != past + idx.shape[1]):
-            raise ValueError(f"attention_mask must be (batch, cached + new) = ({idx.shape[0]}, {past + idx.shape[1]}) "
+        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B
+                                           or attention_mask.shape[1] != past + T):
+            raise ValueError(f"attention_mask must be (batch, cached + new) = ({B}, {past + T}) "
                              f"with 1 for tokens and 0 for padding, got {tuple(attention_mask.shape)}")
-        if position_ids is not None and position_ids.shape[-1] != idx.shape[1]:
-            raise ValueError(f"position_ids must be (batch, seq_len={idx.shape[1]}), got {tuple(position_ids.shape)}")
+        if position_ids is not None:
+            if position_ids.shape[-1] != T or position_ids.is_floating_point():
+                raise ValueError(f"position_ids must be integers (batch, seq_len={T}), got "
+                                 f"{position_ids.dtype} {tuple(position_ids.shape)}")
+            if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= self.config.block_size):
+                raise ValueError(f"position_ids must be in [0, block_size={self.config.block_size}), got "
+                                 f"[{int(position_ids.min())}, {int(position_ids.max())}]")
+        return B, T
 
-    def forward(self, idx: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                cache: KVCache | None = None, need_weights: bool = False) -> Tensor:
-        """Logits for ``idx`` (batch, T). ``attention_mask`` (batch, past + T) has 0 at padding; ``cache`` (a KVCache)
-        is read and extended in place, so that only the new tokens are computed."""
+    def forward(self, idx: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, cache: KVCache | None = None, need_weights: bool = False, *,
+                inputs_embeds: Tensor | None = None, head_mask: Tensor | list | None = None,
+                output_hidden_states: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
+        """Logits (batch, T, vocab) of token ids ``idx`` (batch, T), or of ``inputs_embeds`` (batch, T, n_embd) used in
+        place of ``wte(idx)`` (position embeddings are still added).
+
+        ``attention_mask`` (batch, past + T) has 0 at padding; ``cache`` (a KVCache) is read and extended in place,
+        so that only the new tokens are computed. ``head_mask``: (n_head,), (n_layer, n_head) or a list with one mask
+        per layer; 0 removes a head. ``output_hidden_states=True`` returns (logits, hidden_states): the n_layer + 1
+        states of GPT2Model (the embeddings, then each block's output; the last one after ``ln_f``)."""
         past = 0 if cache is None else len(cache)
-        self._check(idx, attention_mask, position_ids, past)
-        T = idx.shape[1]
+        B, T = self._check(idx, inputs_embeds, attention_mask, position_ids, past)
+        device = (idx if idx is not None else inputs_embeds).device
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe.emb(position_ids))
+            position_ids = torch.arange(past, past + T, device=device)
+        x = self.drop((self.wte(idx) if idx is not None else inputs_embeds) + self.wpe.emb(position_ids))
         # mask: query t (absolute position past + t) sees keys <= it, minus padding; a token always sees itself,
         # so that rows of padding never have every key masked (that would give NaN)
-        mask = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past)
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
         if attention_mask is not None:
             eye = torch.zeros_like(mask)
-            eye[:, past:] = torch.eye(T, dtype=torch.bool, device=idx.device)
+            eye[:, past:] = torch.eye(T, dtype=torch.bool, device=device)
             mask = (mask & attention_mask.bool()[:, None, None, :]) | eye
-        if cache is None:
-            if attention_mask is None:
-                mask = causal_mask(T, idx.device)
-            for block in self.blocks:
-                x = block(x, mask=mask, need_weights=need_weights)
-        else:
-            new = []
-            for i, block in enumerate(self.blocks):
-                x, kv = _block_cached(block, x, cache.layers[i] if cache.layers else None, mask)
+        elif cache is None:
+            mask = causal_mask(T, device)
+        head_masks = layer_head_masks(head_mask, len(self.blocks))
+        hidden, new = [x], []
+        for i, block in enumerate(self.blocks):
+            if cache is None:
+                x = block(x, mask=mask, need_weights=need_weights, head_mask=head_masks[i])
+            else:
+                past_kv = cache.layers[i] if cache.layers else None
+                x, kv = block.forward_cached(x, past_kv, mask, head_mask=head_masks[i])
                 new.append(kv)
+            hidden.append(x)
+        if cache is not None:
             cache.layers = new
-        return self.lm_head(self.ln_f(x))
+        x = self.ln_f(x)
+        logits = self.lm_head(x)
+        return (logits, (*hidden[:-1], x)) if output_hidden_states else logits
 
 
 def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -233,144 +247,6 @@ def from_hf(hf_model) -> GPT:
     return load_hf_state_dict(GPT(cfg), hf_model.state_dict()).eval()
 
 
-# --------------------------------------------------------------------------- generation
-
-def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> Tensor:
-    """Scale (batch, vocab) logits by 1/temperature, then set to -inf all but the ``top_k`` best and all outside
-    the smallest set whose probability reaches ``top_p`` (nucleus)."""
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # the mass before this token already reaches top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
-def _check_generate(model: GPT, idx, max_new_tokens, temperature, top_k, top_p, num_beams, do_sample) -> Tensor:
-    if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.dim() not in (1, 2) or idx.shape[-1] == 0:
-        raise ValueError("idx must be a non-empty integer tensor of token ids, (seq_len,) or (batch, seq_len)")
-    idx = idx if idx.dim() == 2 else idx[None]
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy, 1 = the model's own distribution), "
-                         f"got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or in (0, 1] (e.g. 0.9 keeps the most likely tokens that make up "
-                         f"90% of the probability), got {top_p!r}")
-    if not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams must be an int >= 1 (1 = greedy or sampling), got {num_beams!r}")
-    if num_beams > 1 and do_sample:
-        raise ValueError("beam search is deterministic here: pass do_sample=False with num_beams > 1")
-    if idx.shape[1] > model.config.block_size:
-        raise ValueError(f"the prompt has {idx.shape[1]} tokens but the context holds block_size="
-                         f"{model.config.block_size}; shorten the prompt (e.g. keep its last {model.config.block_size} tokens)")
-    return idx
-
-
-class _Stepper:
-    """Feeds tokens to the model, with a KV cache while the sequence fits the context, else a sliding window."""
-
-    def __init__(self, model: GPT, use_cache: bool):
-        self.model, self.cache = model, KVCache() if use_cache else None
-
-    def logits(self, seq: Tensor, n_new: int) -> Tensor:
-        bs = self.model.config.block_size
-        if self.cache is not None and seq.shape[1] <= bs:
-            return self.model(seq[:, -n_new:] if len(self.cache) else seq, cache=self.cache)[:, -1]
-        self.cache = None  # past the context: recompute over the last block_size tokens (as without a cache)
-        return self.model(seq[:, -bs:])[:, -1]
-
-    def reorder(self, index: Tensor) -> None:
-        if self.cache is not None:
-            self.cache.reorder(index)
-
-
-@torch.no_grad()
-def generate(model: GPT, idx: Tensor, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, num_beams: int = 1, eos_token_id: int | None = None,
-             length_penalty: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
-    """Continue ``idx`` (batch, T) by ``max_new_tokens`` tokens; returns (batch, T + new).
-
-    Greedy when ``do_sample=False`` and ``num_beams=1``; beam search when ``num_beams > 1``; otherwise sampling
-    with temperature (0 = greedy), top-k and top-p. Finished rows (``eos_token_id``) are padded with eos."""
-    idx = _check_generate(model, idx, max_new_tokens, temperature, top_k, top_p, num_beams, do_sample)
-    was_training = model.training
-    model.eval()
-    try:
-        if num_beams > 1:
-            return _beam_search(model, idx, max_new_tokens, num_beams, eos_token_id, length_penalty, use_cache)
-        step, seq = _Stepper(model, use_cache), idx
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            logits = step.logits(seq, 1).float()
-            if do_sample and temperature > 0:
-                probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            else:
-                nxt = logits.argmax(-1, keepdim=True)
-            if eos_token_id is not None:
-                nxt = nxt.masked_fill(done[:, None], eos_token_id)
-                done |= nxt[:, 0] == eos_token_id
-            seq = torch.cat([seq, nxt], dim=1)
-            if done.all():
-                break
-        return seq
-    finally:
-        model.train(was_training)
-
-
-def _beam_search(model: GPT, idx: Tensor, max_new: int, K: int, eos: int | None, lp: float, use_cache: bool) -> Tensor:
-    """Keep the K most probable continuations (sum of log-probabilities); finished ones score sum / length**lp."""
-    B, T = idx.shape
-    seq = idx.repeat_interleave(K, dim=0)  # (B*K, T): row b*K + j is beam j of prompt b
-    scores = torch.zeros(B, K, device=idx.device)
-    scores[:, 1:] = -1e9  # at the start all beams are the same prompt: only beam 0 may expand
-    step = _Stepper(model, use_cache)
-    finished: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
-    n_new = T
-    for _ in range(max_new):
-        logp = step.logits(seq, n_new).float().log_softmax(-1)
-        V = logp.shape[-1]
-        cand = (scores[..., None] + logp.view(B, K, V)).view(B, K * V)
-        top, flat = cand.topk(min(2 * K, K * V), dim=-1)  # 2K: room to replace beams that end in eos
-        beam, tok = flat // V, flat % V
-        keep = torch.zeros(B, K, dtype=torch.long, device=idx.device)
-        new_tok, new_scores = torch.zeros_like(keep), torch.zeros(B, K, device=idx.device)
-        for b in range(B):
-            j = 0
-            for r in range(top.shape[1]):
-                row = b * K + beam[b, r]
-                if eos is not None and tok[b, r] == eos:
-                    if r < K:
-                        hyp = torch.cat([seq[row], tok[b, r:r + 1]])
-                        finished[b].append((top[b, r].item() / (hyp.shape[0] - T) ** lp, hyp))
-                    continue
-                keep[b, j], new_tok[b, j], new_scores[b, j] = row, tok[b, r], top[b, r]
-                j += 1
-                if j == K:
-                    break
-        seq = torch.cat([seq[keep.view(-1)], new_tok.view(-1, 1)], dim=1)
-        step.reorder(keep.view(-1))
-        scores, n_new = new_scores, 1
-    out = []
-    for b in range(B):
-        hyps = finished[b] + [(scores[b, j].item() / (seq.shape[1] - T) ** lp if seq.shape[1] > T else scores[b, j].item(),
-                               seq[b * K + j]) for j in range(K)]
-        best = max(hyps, key=lambda h: h[0])[1]
-        out.append(best)
-    width = max(h.shape[0] for h in out)
-    pad = eos if eos is not None else 0
-    return torch.stack([F.pad(h, (0, width - h.shape[0]), value=pad) for h in out])
-
-
 # --------------------------------------------------------------------------- evaluation and data
 
 @torch.no_grad()
@@ -379,6 +255,8 @@ def sliding_window_nll(model: GPT, ids: Tensor, window: int, stride: int) -> tup
     once, with up to ``window`` tokens of context, moving the window by ``stride`` (stride = window: no overlap)."""
     if ids.dim() != 1:
         raise ValueError(f"ids must be one long 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+    if len(ids) < 2:
+        raise ValueError(f"ids must hold at least 2 tokens (the first one is never predicted), got {len(ids)}")
     if not 1 <= stride <= window <= model.config.block_size:
         raise ValueError(f"need 1 <= stride <= window <= block_size={model.config.block_size}, "
                          f"got stride={stride}, window={window}")
@@ -399,6 +277,8 @@ class CharTokenizer:
     """One token per character, ids in sorted character order."""
 
     def __init__(self, text: str):
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"CharTokenizer needs a non-empty str to build its vocabulary from, got {text!r:.40}")
         self.chars = sorted(set(text))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
@@ -414,14 +294,27 @@ class CharTokenizer:
         return [self.stoi[c] for c in s]
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in (ids.tolist() if isinstance(ids, Tensor) else ids))
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < len(self.chars))]
+        if bad:
+            raise ValueError(f"ids must be ints in [0, vocab_size={len(self.chars)}), got {bad[:5]}; were they made "
+                             f"by another tokenizer?")
+        return "".join(self.chars[i] for i in ids)
 
 
 def random_batches(data: Tensor, block_size: int, batch_size: int,
                    generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless (x, y) batches of random windows of a 1-D token tensor; y is x shifted by one."""
+    for name, v in (("block_size", block_size), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     if data.dim() != 1 or len(data) <= block_size:
         raise ValueError(f"data must be a 1-D tensor longer than block_size={block_size}, got shape {tuple(data.shape)}")
+    return _random_batches(data, block_size, batch_size, generator)
+
+
+def _random_batches(data: Tensor, block_size: int, batch_size: int,
+                    generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
     offsets = torch.arange(block_size + 1)
     while True:
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
@@ -432,6 +325,13 @@ def random_batches(data: Tensor, block_size: int, batch_size: int,
 @torch.no_grad()
 def eval_loss(model: GPT, data: Tensor, block_size: int, batch_size: int = 64, max_batches: int | None = None) -> float:
     """Mean next-token loss (nats) over consecutive non-overlapping windows of ``data`` (all of it by default)."""
+    if not isinstance(data, Tensor) or data.dim() != 1 or len(data) <= block_size:
+        got = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
+        raise ValueError(f"data must be a 1-D tensor of token ids longer than block_size={block_size} (one window "
+                         f"plus its shifted target), got {got}")
+    for name, v in (("block_size", block_size), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     model.eval()
     device = next(model.parameters()).device
     n = (len(data) - 1) // block_size

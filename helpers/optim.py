@@ -24,14 +24,19 @@ __all__ = [
 
 # --------------------------------------------------------------------------- optimizers
 
+def _is_number(v: Any) -> bool:
+    """A real int or float (``True``/``False`` are ints to Python, but not hyper-parameters)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check_hparams(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+    if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"learning rate must be a finite number >= 0, got lr={lr!r}")
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+    if len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999); got betas={betas!r}")
-    if not isinstance(eps, (int, float)) or eps < 0:
+    if not _is_number(eps) or eps < 0:
         raise ValueError(f"eps must be >= 0 (it keeps the division finite, e.g. 1e-8); got eps={eps!r}")
-    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+    if not _is_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0 (0 turns it off); got weight_decay={weight_decay!r}")
 
 
@@ -134,9 +139,9 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- schedules (multipliers of the base lr)
 
 def _check_steps(total_steps: int, warmup_steps: int = 0) -> None:
-    if not isinstance(total_steps, int) or total_steps < 1:
+    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
         raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     if warmup_steps > total_steps:
         raise ValueError(f"warmup ({warmup_steps} steps) is longer than training ({total_steps} steps); "
@@ -145,7 +150,7 @@ def _check_steps(total_steps: int, warmup_steps: int = 0) -> None:
 
 def _check_positive(**kw: float) -> None:
     for k, v in kw.items():
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        if not _is_number(v) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{k} must be a finite number > 0, got {v!r}")
 
 
@@ -220,6 +225,8 @@ def cosine_restarts_schedule(cycle_steps: int, cycle_mult: int = 1, min_factor: 
     """SGDR: cosine 1 -> ``min_factor`` over ``cycle_steps``, then restart; each cycle ``cycle_mult`` x longer."""
     if not isinstance(cycle_steps, int) or cycle_steps < 1 or not isinstance(cycle_mult, int) or cycle_mult < 1:
         raise ValueError(f"cycle_steps and cycle_mult must be ints >= 1, got {cycle_steps!r}, {cycle_mult!r}")
+    if not _is_number(min_factor) or not 0 <= min_factor <= 1:
+        raise ValueError(f"min_factor (lowest lr / peak lr) must be in [0, 1], got {min_factor!r}")
 
     def f(step: int) -> float:
         t, length = step, cycle_steps
@@ -248,18 +255,28 @@ def triangular_schedule(step_size_up: int, base_factor: float = 0.1,
 def one_cycle_schedule(total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
                        final_div_factor: float = 1e4) -> Callable[[int], float]:
     """One-cycle (Smith & Topin): cosine from 1/div_factor up to 1 over ``pct_start``, then down to
-    1/(div_factor * final_div_factor) at the last step (``OneCycleLR`` with anneal_strategy='cos')."""
+    1/(div_factor * final_div_factor) at the last step (``OneCycleLR`` with anneal_strategy='cos').
+
+    As in ``OneCycleLR``, the peak is at step ``pct_start * total_steps - 1``: with ``pct_start * total_steps < 1``
+    there is no warm-up step (it starts near the peak), and steps after ``total_steps`` raise ValueError.
+    """
     _check_steps(total_steps)
     _check_positive(div_factor=div_factor, final_div_factor=final_div_factor)
-    if not 0 < pct_start < 1:
+    if not _is_number(pct_start) or not 0 < pct_start < 1:
         raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
     start, low = 1 / div_factor, 1 / (div_factor * final_div_factor)
     peak_step, last = pct_start * total_steps - 1, total_steps - 1
+    if peak_step == 0:  # OneCycleLR divides by zero here
+        raise ValueError(f"pct_start * total_steps = {pct_start} * {total_steps} = 1 puts the peak on step 0 and leaves "
+                         f"a warm-up of zero steps; pass pct_start > 1 / total_steps for a warm-up, or a smaller one")
 
     def anneal(a: float, b: float, pct: float) -> float:
         return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
 
     def f(step: int) -> float:
+        if step > total_steps:
+            raise ValueError(f"one_cycle_schedule(total_steps={total_steps}) was asked for step {step}; the cycle is "
+                             f"over, make total_steps at least the number of scheduler steps")
         if step <= peak_step:
             return anneal(start, 1.0, step / peak_step)
         return anneal(1.0, low, (step - peak_step) / (last - peak_step))

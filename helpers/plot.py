@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,27 +10,49 @@ import numpy as np
 __all__ = ["set_style", "plot_attention", "plot_history", "cjk_font"]
 
 
-def cjk_font() -> str | None:
-    """Name of an installed font that can draw Chinese characters, or None."""
+# Families that draw Chinese, best first; the first one installed on the system wins.
+_CJK_FAMILIES = ("Noto Sans CJK", "Source Han Sans", "Noto Serif CJK", "Source Han Serif", "WenQuanYi", "SimHei",
+                 "Microsoft JhengHei", "Microsoft YaHei", "PingFang", "Heiti", "AR PL")
+
+
+def _installed_cjk_font() -> str | None:
     from matplotlib import font_manager
-    wanted = ("Noto Sans CJK", "Noto Serif CJK", "WenQuanYi", "Source Han", "SimHei", "Microsoft YaHei",
-              "PingFang", "Heiti", "AR PL")
-    for f in font_manager.fontManager.ttflist:
-        if any(w in f.name for w in wanted):
-            return f.name
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    for wanted in _CJK_FAMILIES:
+        hits = sorted(n for n in names if wanted in n)
+        if hits:  # Traditional Chinese face first (e.g. "Noto Sans CJK TC"), when the family has one
+            return next((n for n in hits if n.endswith(" TC")), hits[0])
     return None
 
 
+def cjk_font() -> str | None:
+    """Family name matplotlib uses for Chinese: an installed CJK font, else Noto Sans CJK from the PyPI package
+    ``noto-cjk-sans-otc`` (registered with matplotlib on first call); None when neither is there."""
+    if (name := _installed_cjk_font()) is not None:
+        return name
+    try:
+        from noto_cjk_sans_otc import FONT_PATH
+    except ModuleNotFoundError:
+        return None
+    if not Path(str(FONT_PATH)).is_file():
+        return None
+    from matplotlib import font_manager
+    font_manager.fontManager.addfont(str(FONT_PATH))
+    return _installed_cjk_font()
+
+
 def set_style() -> None:
-    """Small figures, light grid, readable fonts; a CJK font first when one is installed."""
+    """Small figures, light grid, readable fonts; a CJK font (see ``cjk_font``) first, so Chinese labels draw."""
     plt.rcParams.update({
         "figure.figsize": (5, 3), "figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
         "axes.spines.top": False, "axes.spines.right": False, "font.size": 9, "axes.titlesize": 10,
         "legend.fontsize": 8, "legend.frameon": False, "image.cmap": "viridis",
     })
     if (name := cjk_font()) is not None:
-        plt.rcParams["font.sans-serif"] = [name, "DejaVu Sans"]
-        plt.rcParams["axes.unicode_minus"] = False
+        from matplotlib import font_manager
+        plt.rcParams["font.sans-serif"] = [name, "DejaVu Sans"]  # the CJK font has Latin letters and digits too
+        font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties(family=name)))
+        plt.rcParams["axes.unicode_minus"] = font.get_char_index(0x2212) != 0  # "−" where the font has it
 
 
 def plot_attention(weights, x_labels: Sequence[str] | None = None, y_labels: Sequence[str] | None = None,

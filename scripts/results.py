@@ -4,7 +4,8 @@
 Reads, from each notebooks/NN_*.ipynb, the ``RESULTS {json}`` line printed by ``helpers.report`` and the
 execution time that nbclient recorded in the cells' metadata, and writes them between the markers
 ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md. Every number in that table was printed
-by a run.
+by a run. The table depends only on the committed notebooks (no clock, no machine), so running it twice changes
+nothing; tests/test_notebooks.py checks that README's table is current.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _fmt(v) -> str:
 def table(root: Path = ROOT) -> str:
     rows = ["| chapter | notebook | measured headline figures | run time on 2-core CPU |", "|---|---|---|---|"]
     total = 0.0
-    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):  # sorted: the same table every run
         nb = json.loads(path.read_text(encoding="utf-8"))
         res, sec = results_line(nb), notebook_seconds(nb)
         figures = "not executed yet" if res is None else ", ".join(
@@ -69,15 +70,19 @@ def table(root: Path = ROOT) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
-    readme = ROOT / "README.md"
+def main(root: Path = ROOT) -> int:
+    """Rewrite the table in ``root``/README.md; the file is only written when the table changed."""
+    readme = root / "README.md"
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         print(f"README.md has no {START} … {END} block", file=sys.stderr)
         return 1
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: f"{START}\n{table()}\n{END}", text, flags=re.S)
-    readme.write_text(new, encoding="utf-8")
-    print(table())
+    rows = table(root)
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: f"{START}\n{rows}\n{END}", text, flags=re.S)
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    print(rows)
+    print("README.md " + ("updated" if new != text else "already up to date"), file=sys.stderr)
     return 0
 
 

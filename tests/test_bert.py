@@ -1,4 +1,6 @@
 """Fast tests of helpers.bert: fidelity to transformers, weight loading, masking, and the errors on bad input."""
+import copy
+
 import pytest
 import torch
 
@@ -134,3 +136,104 @@ def test_read_minilm_config():
     from helpers.data import minilm_path
     cfg = read_config(minilm_path(check=False))
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.vocab_size) == (6, 384, 12, 30522)
+
+
+def test_inputs_embeds_and_hidden_states_match_transformers():
+    """inputs_embeds replaces the word embeddings (positions, segments, LayerNorm still apply), as in BertModel."""
+    torch.manual_seed(0)
+    model = Bert(BertConfig(**TINY)).eval()
+    hf = to_hf(model)
+    ids, am = _batch()
+    tt = torch.zeros_like(ids)
+    tt[:, 4:] = 1
+    emb = model.embeddings.word(ids).detach() + 0.1 * torch.randn(3, 8, 16)  # e.g. an adversarial perturbation
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs_embeds=model.embeddings.word(ids), attention_mask=am), model(ids, am))
+        h, hidden = model(attention_mask=am, token_type_ids=tt, inputs_embeds=emb, output_hidden_states=True)
+        ref = hf(inputs_embeds=emb, attention_mask=am, token_type_ids=tt, output_hidden_states=True)
+    torch.testing.assert_close(h, ref.last_hidden_state)
+    assert len(hidden) == len(ref.hidden_states) == TINY["num_layers"] + 1
+    for ours, theirs in zip(hidden, ref.hidden_states):
+        torch.testing.assert_close(ours, theirs)
+    assert hidden[-1] is h
+
+
+def test_soft_prompt_with_longer_attention_mask():
+    """P soft-prompt vectors in front of the word embeddings: the caller passes a mask longer by P; padding still
+    leaves the real tokens unchanged, and the result equals transformers given the same embeddings and mask."""
+    torch.manual_seed(0)
+    model = Bert(BertConfig(**TINY)).eval()
+    hf = to_hf(model)
+    ids, am = _batch()
+    prompt = torch.nn.Parameter(torch.randn(4, 16) * 0.02)
+    emb = torch.cat([prompt.expand(3, 4, 16), model.embeddings.word(ids)], dim=1)  # (3, 4 + 8, 16)
+    am_long = torch.cat([torch.ones(3, 4, dtype=am.dtype), am], dim=1)
+    h = model(inputs_embeds=emb, attention_mask=am_long)
+    with torch.no_grad():
+        torch.testing.assert_close(h, hf(inputs_embeds=emb, attention_mask=am_long).last_hidden_state)
+        torch.testing.assert_close(h[2, :6], model(inputs_embeds=emb[2:, :6])[0])  # row 2: 4 prompt + 2 tokens
+    clf = BertClassifier(model, num_labels=2)
+    clf(inputs_embeds=emb, attention_mask=am_long).sum().backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0  # the prompt is trainable through the encoder
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(3, 8\) but inputs_embeds has \(batch, seq_len\) "
+                                         r"\(3, 12\)"):
+        model(inputs_embeds=emb, attention_mask=am)
+
+
+def test_head_mask_equals_pruned_heads():
+    torch.manual_seed(0)
+    model = Bert(BertConfig(**{**TINY, "num_heads": 4})).eval()
+    ids, am = _batch()
+    hm = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])  # (num_layers, num_heads)
+    pruned = copy.deepcopy(model)
+    pruned.prune_heads({0: [1, 3], 1: [3]})
+    assert [b.self_attn.n_heads for b in pruned.blocks] == [2, 3]
+    with torch.no_grad():
+        masked, hidden = model(ids, am, head_mask=hm, output_hidden_states=True)
+        out, phidden = pruned(ids, am, output_hidden_states=True)
+        torch.testing.assert_close(out, masked)
+        for a, b in zip(phidden, hidden):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(pruned(ids, am, head_mask=[torch.tensor([1.0, 0.0]), None]),
+                                   model(ids, am, head_mask=torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])))
+    assert not torch.allclose(masked, model(ids, am))
+    with pytest.raises(ValueError, match=r"layer indices \[2\] are out of range"):
+        pruned.prune_heads({2: [0]})
+    with pytest.raises(ValueError, match="cannot prune all 2 heads"):
+        pruned.prune_heads({0: [0, 1]})
+    with pytest.raises(TypeError, match="dict"):
+        pruned.prune_heads([0, 1])
+
+
+def test_bert_bad_inputs():
+    model = Bert(BertConfig(**TINY))
+    ids, am = _batch()
+    with pytest.raises(ValueError, match="exactly one of input_ids"):
+        model(ids, inputs_embeds=model.embeddings.word(ids))
+    with pytest.raises(ValueError, match="exactly one of input_ids"):
+        model(attention_mask=am)
+    with pytest.raises(ValueError, match=r"hidden_size=16"):
+        model(inputs_embeds=torch.zeros(3, 8, 12))
+    with pytest.raises(ValueError, match="13 tokens.*max_positions=12"):
+        model(inputs_embeds=torch.zeros(1, 13, 16))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\).*\(batch, seq_len, hidden\) = "
+                                         r"\(2, 5, 3\)"):
+        mean_pool(torch.randn(2, 5, 3), torch.ones(2, 4))
+    mlm = BertForMLM(BertConfig(**TINY))
+    with pytest.raises(ValueError, match="every label is -100"):
+        mlm(ids, labels=torch.full_like(ids, -100))
+    with pytest.raises(ValueError, match=r"labels has shape \(3, 7\)"):
+        mlm(ids, labels=torch.full((3, 7), -100))
+
+
+def test_mlm_with_inputs_embeds():
+    torch.manual_seed(0)
+    model = BertForMLM(BertConfig(**TINY)).eval()
+    ids, am = _batch()
+    lab = torch.full_like(ids, -100)
+    lab[:, 1] = ids[:, 1]
+    with torch.no_grad():
+        a = model(ids, am, labels=lab)
+        b = model(attention_mask=am, labels=lab, inputs_embeds=model.bert.embeddings.word(ids))
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])

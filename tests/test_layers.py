@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from helpers import (
     padding_mask,
     scaled_dot_product_attention,
 )
+from helpers.layers import layer_head_masks
 
 
 def copy_to_torch_mha(m: MultiHeadAttention) -> torch.nn.MultiheadAttention:
@@ -140,3 +143,141 @@ def test_positional_encodings():
         pe(torch.zeros(1, 51, 8))
     with pytest.raises(ValueError, match="max_len"):
         LearnedPositionalEncoding(4, 8)(torch.zeros(1, 5, 8))
+
+
+def test_mha_d_head_independent_of_d_model():
+    torch.manual_seed(0)
+    m = MultiHeadAttention(10, 3, d_head=4).eval()  # inner width 12 != d_model 10
+    assert (m.q_proj.weight.shape, m.out_proj.weight.shape, m.inner_dim) == ((12, 10), (10, 12), 12)
+    x = torch.randn(2, 5, 10)
+    q, k, v = (p(x).view(2, 5, 3, 4).transpose(1, 2) for p in (m.q_proj, m.k_proj, m.v_proj))
+    ref = m.out_proj(scaled_dot_product_attention(q, k, v, causal_mask(5))[0].transpose(1, 2).reshape(2, 5, 12))
+    torch.testing.assert_close(m(x, mask=causal_mask(5)), ref)
+    torch.testing.assert_close(m(x, mask=causal_mask(5), need_weights=True), ref)
+    assert MultiHeadAttention(16, 4).d_head == MultiHeadAttention(16, 4, d_head=None).d_head == 4
+    with pytest.raises(ValueError, match="d_head must be a positive int"):
+        MultiHeadAttention(16, 4, d_head=0)
+
+
+@pytest.mark.parametrize("d_head", [None, 3])
+@pytest.mark.parametrize("heads", [[0], [1, 3], [3, 0, 2], 2])
+def test_pruned_heads_equal_masked_heads(heads, d_head):
+    torch.manual_seed(0)
+    m = MultiHeadAttention(16, 4, d_head=d_head).eval()
+    x, mask = torch.randn(2, 6, 16), causal_mask(6)
+    keep = torch.ones(4)
+    keep[heads] = 0
+    pruned = copy.deepcopy(m)
+    pruned.prune_heads(heads)
+    n_left = 4 - (1 if isinstance(heads, int) else len(heads))
+    assert pruned.n_heads == n_left and pruned.q_proj.weight.shape[0] == n_left * m.d_head
+    assert pruned.out_proj.weight.shape[1] == n_left * m.d_head
+    for need_weights in (False, True):
+        torch.testing.assert_close(pruned(x, mask=mask, need_weights=need_weights),
+                                   m(x, mask=mask, need_weights=need_weights, head_mask=keep))
+    torch.testing.assert_close(pruned.forward_cached(x, None, mask)[0], m.forward_cached(x, None, mask, keep)[0])
+    assert not torch.equal(m(x, mask=mask, head_mask=keep), m(x, mask=mask))  # the mask does remove something
+
+
+def test_head_mask_per_batch_row_and_all_zero():
+    torch.manual_seed(0)
+    m = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+    hm = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.5, 1.0, 0.0]])
+    out = m(x, head_mask=hm)
+    for b in range(2):
+        torch.testing.assert_close(out[b], m(x[b:b + 1], head_mask=hm[b])[0])
+    torch.testing.assert_close(m(x, head_mask=torch.zeros(4)), m.out_proj.bias.expand(2, 5, 16))
+    m(x, head_mask=hm, need_weights=True)
+    assert (m.attn_weights[0, 1] == 0).all() and m.attn_weights[0, 0].sum(-1).allclose(torch.ones(5))
+    with pytest.raises(ValueError, match=r"head_mask must be \(n_heads,\) = \(4,\)"):
+        m(x, head_mask=torch.ones(3))
+    with pytest.raises(ValueError, match=r"\(batch, n_heads\) = \(2, 4\)"):
+        m(x, head_mask=torch.ones(3, 4))
+    with pytest.raises(TypeError, match="head_mask must be a torch.Tensor"):
+        m(x, head_mask=[1, 0, 1, 1])
+
+
+def test_prune_heads_bad_arguments():
+    m = MultiHeadAttention(16, 4)
+    with pytest.raises(ValueError, match="cannot prune all 4 heads"):
+        m.prune_heads([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"out of range.*n_heads=4"):
+        m.prune_heads([4])
+    with pytest.raises(ValueError, match=r"out of range"):
+        m.prune_heads([-1])
+    with pytest.raises(ValueError, match="duplicate"):
+        m.prune_heads([1, 1])
+    with pytest.raises(TypeError, match="heads must be ints"):
+        m.prune_heads([0.5])
+    m.prune_heads([])
+    assert m.n_heads == 4
+    m.prune_heads([1, 2])
+    m.prune_heads([0])  # indices of the heads that are left
+    assert m.n_heads == 1 and m.q_proj.weight.shape == (4, 16)
+    with pytest.raises(ValueError, match="cannot prune all 1 heads"):
+        m.prune_heads(0)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("cross", [False, True])
+def test_block_forward_cached_equals_causal_forward(norm_first, cross):
+    """Step-by-step cached self-attention == one causal forward, for pre-norm (GPT) and post-norm (BERT) blocks."""
+    torch.manual_seed(0)
+    b = TransformerBlock(16, 4, 32, norm_first=norm_first, cross_attention=cross).eval()
+    x, hm = torch.randn(2, 7, 16), torch.tensor([1.0, 0.0, 1.0, 1.0])
+    mem = dict(memory=torch.randn(2, 3, 16)) if cross else {}
+    full = b(x, mask=causal_mask(7), head_mask=hm, **mem)
+    out, past = b.forward_cached(x[:, :4], None, causal_mask(4), head_mask=hm, **mem)
+    steps = [out]
+    for t in (4, 5, 6):
+        out, past = b.forward_cached(x[:, t:t + 1], past, head_mask=hm, **mem)
+        steps.append(out)
+    assert past[0].shape == (2, 4, 7, 4)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_block_forward_cached_with_a_prefix(norm_first):
+    """Prefix tuning: keys/values of P prefix vectors, then every token sees all of them (no mask) — the same as
+    one bidirectional forward over prefix + tokens, read at the tokens."""
+    torch.manual_seed(0)
+    b = TransformerBlock(16, 4, 32, norm_first=norm_first).eval()
+    prefix, x = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    _, past = b.forward_cached(prefix, None)
+    out, (k, v) = b.forward_cached(x, past)
+    torch.testing.assert_close(out, b(torch.cat([prefix, x], 1))[:, 3:])
+    am = torch.ones(2, 8, dtype=torch.long)
+    am[1, 6:] = 0  # padding at the end of row 1 (prefix positions are 0..2)
+    out = b.forward_cached(x, past, padding_mask(am))[0]
+    torch.testing.assert_close(out[1, :3], b(torch.cat([prefix, x], 1)[1:, :6])[0, 3:])
+    assert k.shape == (2, 4, 8, 4)
+    with pytest.raises(ValueError, match=r"past must be \(keys, values\)"):
+        b.forward_cached(x, (k[:, :2], v[:, :2]))
+
+
+@pytest.mark.parametrize("fp32_attention", [True, False])
+def test_cpu_autocast_attention_switch(monkeypatch, fp32_attention):
+    import helpers.layers as L
+    monkeypatch.setattr(L, "CPU_AUTOCAST_ATTENTION_FP32", fp32_attention)
+    torch.manual_seed(0)
+    m = MultiHeadAttention(32, 4).eval()
+    x, mask = torch.randn(3, 10, 32), causal_mask(10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m(x, mask=mask)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), m(x, mask=mask), atol=3e-2, rtol=3e-2)
+    m16 = copy.deepcopy(m).to(torch.bfloat16)  # a model stored in bf16, without autocast
+    assert m16(x.bfloat16(), mask=mask).dtype == torch.bfloat16
+
+
+def test_layer_head_masks():
+    assert layer_head_masks(None, 3) == [None] * 3
+    hm = torch.ones(3, 4)
+    assert [t.shape for t in layer_head_masks(hm, 3)] == [(4,)] * 3
+    row = hm[0]
+    assert layer_head_masks(row, 2)[1] is row
+    with pytest.raises(ValueError, match=r"n_layers=2"):
+        layer_head_masks(hm, 2)
+    with pytest.raises(ValueError, match="list of 2 per-layer masks"):
+        layer_head_masks([None], 2)

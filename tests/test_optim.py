@@ -39,18 +39,21 @@ def test_lamb_pinned_ratio_is_adamw_and_records_ratios():
     assert set(ratios) == {n for n, _ in m.named_parameters()} and all(r > 0 for r in ratios.values())
 
 
-@pytest.mark.parametrize("kw", [dict(lr=-1e-3), dict(betas=(0.9, 1.0)), dict(betas=(-0.1, 0.9)), dict(eps=-1.0),
-                                dict(weight_decay=-0.1), dict(lr=float("nan"))])
+@pytest.mark.parametrize("kw, msg", [(dict(lr=-1e-3), "learning rate"), (dict(betas=(0.9, 1.0)), "betas"),
+                                     (dict(betas=(-0.1, 0.9)), "betas"), (dict(eps=-1.0), "eps"),
+                                     (dict(weight_decay=-0.1), "weight_decay"), (dict(lr=float("nan")), "learning rate"),
+                                     (dict(lr=True), "learning rate"), (dict(betas=(False, 0.9)), "betas"),
+                                     (dict(eps=True), "eps"), (dict(weight_decay=False), "weight_decay")])
 @pytest.mark.parametrize("cls", [O.AdamW, O.LAMB])
-def test_bad_hparams(cls, kw):
-    with pytest.raises(ValueError):
+def test_bad_hparams(cls, kw, msg):
+    with pytest.raises(ValueError, match=f"^{msg}"):
         cls([nn.Parameter(torch.zeros(2))], **kw)
 
 
 def test_bad_trust_clip_and_groups():
     with pytest.raises(ValueError, match="trust_clip"):
         O.LAMB([nn.Parameter(torch.zeros(2))], trust_clip=(2, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
         O.decay_groups(nn.Linear(2, 2), -1.0)
     groups = O.decay_groups(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)), 0.1)
     assert [len(g["params"]) for g in groups] == [1, 3]
@@ -91,15 +94,42 @@ def test_schedules_equal_references():
                                _mine(O.one_cycle_schedule(T), T), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("make", [lambda: O.linear_schedule(10, 11), lambda: O.cosine_schedule(10, 20),
-                                  lambda: O.polynomial_schedule(5, 1.0, 6), lambda: O.linear_schedule(0),
-                                  lambda: O.cosine_schedule(10, -1), lambda: O.inverse_sqrt_schedule(0),
-                                  lambda: O.step_schedule(10, -0.5), lambda: O.exponential_schedule(0.0),
-                                  lambda: O.triangular_schedule(10, 1.5), lambda: O.one_cycle_schedule(100, 1.2),
-                                  lambda: O.cosine_restarts_schedule(0), lambda: O.constant_schedule(-3)])
-def test_bad_schedules(make):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("make, msg", [
+    (lambda: O.linear_schedule(10, 11), "warmup .* is longer than training"),
+    (lambda: O.cosine_schedule(10, 20), "warmup .* is longer than training"),
+    (lambda: O.polynomial_schedule(5, 1.0, 6), "warmup .* is longer than training"),
+    (lambda: O.linear_schedule(0), "total_steps must be an int >= 1"),
+    (lambda: O.linear_schedule(True), "total_steps must be an int >= 1"),
+    (lambda: O.cosine_schedule(10, -1), "warmup_steps must be an int >= 0"),
+    (lambda: O.cosine_schedule(10, 0, 1.5), "min_factor must be in"),
+    (lambda: O.inverse_sqrt_schedule(0), "warmup_steps must be an int >= 1"),
+    (lambda: O.step_schedule(10, -0.5), "gamma must be a finite number > 0"),
+    (lambda: O.exponential_schedule(0.0), "gamma must be a finite number > 0"),
+    (lambda: O.triangular_schedule(10, 1.5), "base_factor"),
+    (lambda: O.one_cycle_schedule(100, 1.2), "pct_start must be in"),
+    (lambda: O.one_cycle_schedule(10, 0.1), "pct_start \\* total_steps = 0.1 \\* 10 = 1"),
+    (lambda: O.one_cycle_schedule(100, 0.3, div_factor=0), "div_factor must be a finite number > 0"),
+    (lambda: O.cosine_restarts_schedule(0), "cycle_steps and cycle_mult must be ints"),
+    (lambda: O.cosine_restarts_schedule(10, 1, 5.0), "min_factor .* must be in \\[0, 1\\]"),
+    (lambda: O.cosine_restarts_schedule(10, 1, -0.1), "min_factor .* must be in \\[0, 1\\]"),
+    (lambda: O.constant_schedule(-3), "warmup_steps must be an int >= 0"),
+])
+def test_bad_schedules(make, msg):
+    with pytest.raises(ValueError, match=msg):
         make()
+
+
+@pytest.mark.parametrize("T, pct", [(3, 0.3), (1, 0.3), (7, 0.1), (11, 0.1), (60, 0.01), (120, 0.3)])
+def test_one_cycle_corner_cases_equal_onecyclelr(T, pct):
+    """Short cycles where the peak falls before step 1: the same values as OneCycleLR, up to its step total_steps."""
+    mine = _mine(O.one_cycle_schedule(T, pct), T + 1)
+    ref = _lrs(lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=T, pct_start=pct), T, momentum=0.9)
+    torch.testing.assert_close(mine[:T], ref, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=f"total_steps={T}\\) was asked for step {T + 1}"):
+        O.one_cycle_schedule(T, pct)(T + 1)
+    with pytest.raises(ZeroDivisionError):  # OneCycleLR's own failure where one_cycle_schedule raises ValueError
+        lr_scheduler.OneCycleLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 1.0, total_steps=10,
+                                pct_start=0.1)
 
 
 def test_make_scheduler():
@@ -132,11 +162,11 @@ def test_accumulation_equals_big_batch_with_padding():
 def test_split_batch_and_accumulate_errors():
     parts = O.split_batch({"a": torch.zeros(5, 2), "b": torch.zeros(5)}, 2)
     assert [len(p["a"]) for p in parts] == [2, 2, 1]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="micro_batch_size must be an int >= 1"):
         O.split_batch(torch.zeros(4), 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same size in dim 0"):
         O.split_batch((torch.zeros(4), torch.zeros(3)), 2)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="split_batch takes a tensor"):
         O.split_batch("abc", 2)
     with pytest.raises(ValueError, match="at least one"):
         O.accumulate_gradients(nn.Linear(1, 1), [], lambda m, b: b, lambda b: 1)
