@@ -1,5 +1,4 @@
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -130,8 +129,8 @@ def test_requirements_and_environment_agree():
     assert req == env
 
 
-def test_results_script_reads_notebooks():
-    sys.path.insert(0, str(ROOT / "scripts"))
+def test_results_script_reads_notebooks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import results
     nb = {"cells": [{"cell_type": "code", "metadata": {"execution": {
         "iopub.execute_input": "2026-01-01T00:00:00Z", "shell.execute_reply": "2026-01-01T00:00:05Z"}},
