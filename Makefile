@@ -8,7 +8,7 @@ NB      ?= notebooks/*.ipynb
 PY      := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install data lab test unit check notebooks results lint clean
+.PHONY: help install data lab test unit check notebooks results student lint clean
 
 help:
 	@echo "make lab        set up and open the notebooks in JupyterLab"
@@ -17,6 +17,7 @@ help:
 	@echo "make check      the notebooks' shared conventions and README's table, from the committed notebooks (seconds)"
 	@echo "make notebooks  re-execute notebooks in place in a fresh kernel (NB=notebooks/02_gpt.ipynb for one)"
 	@echo "make results    rewrite README's results table from the executed notebooks"
+	@echo "make student    classroom copies without the exercises' answers, in student/"
 	@echo "make lint       ruff over helpers, tests, scripts and notebooks"
 
 $(PY):
@@ -55,8 +56,12 @@ notebooks: data
 results: install
 	$(PY) scripts/results.py
 
+# Classroom copies: every cell tagged `answer` emptied (source and outputs), the rest as committed.
+student: install
+	$(PY) scripts/student.py
+
 lint: install
 	$(VENV)/bin/ruff check helpers tests scripts notebooks
 
 clean:
-	rm -rf .pytest_cache .ruff_cache **/__pycache__ notebooks/runs notebooks/checkpoints
+	rm -rf .pytest_cache .ruff_cache **/__pycache__ notebooks/runs notebooks/checkpoints student
