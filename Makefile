@@ -33,6 +33,7 @@ install: $(PY)
 data: install
 	@if [ -d "$(SHARED)" ]; then $(PY) -m helpers.data --from "$(SHARED)"; \
 	else echo "no mirror at $(SHARED): the loaders will download the data on first use"; fi
+	$(PY) -m helpers.teacher  # chapter 10's fine-tuned SST-2 teacher, into the cache (trained once, ~2 min on a CPU)
 
 lab: data
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
