@@ -381,8 +381,9 @@ mfu = fpt * ref_summary["tokens_per_s"] / 1e9 / peak
 
 # %% [markdown]
 # MFU 遠低於 100%:這個模型很小,每一步有相當的時間花在小運算子的固定開銷、softmax、dropout 與優化器上,
-# 而不是能跑到峰值的大矩陣乘法。大模型在 GPU 上的好成績約 40–60%(PaLM 論文報告 46%)。在 2 核 CPU 上,兩個行程的 DDP
-# 也不比一個行程用兩個執行緒快(第 7 章量過),上面的 tokens/s 比值就是證據;`torchrun` 的價值是**同一支腳本**在多 GPU、多機器上不必改。
+# 而不是能跑到峰值的大矩陣乘法。大模型在 GPU 上的好成績約 40–60%(PaLM 論文報告 46%)。
+# DDP 在這裡不是為了加速:兩個各用 1 個執行緒的行程,與一個用 2 個執行緒的行程,用的是同樣兩個核心(第 7 章量過兩者相當;
+# 上面的比值也會隨機器當下的負載上下跳動)。`torchrun` 的價值是**同一支腳本**在多 GPU、多機器上不必改。
 
 # %% [markdown]
 # ## 11.3 預訓練過程中的監控與中間結果儲存 · Monitoring pretraining and saving intermediate results
