@@ -95,8 +95,8 @@ IMDB_KILL_AT = 110  # SIGKILL the DDP run when it prints this step (last checkpo
 # ## 11.1 資料前置處理與Tokenization 細節 · Preprocessing and tokenization in detail
 #
 # 預訓練語料的處理分兩步:先把原始文字**清洗**成乾淨的文件,再用分詞器(tokenizer)轉成整數,存成訓練時可以隨機讀取、
-# 又不必整個載入記憶體的格式。這裡的語料是四大名著(簡體,約 300 萬字)加上 Tiny Shakespeare(英文,約 110 萬字元),
-# 以段落為一份文件。
+# 又不必整個載入記憶體的格式。這裡的語料是四大名著(簡體字)加上 Tiny Shakespeare(英文),以段落為一份文件;
+# 各來源的文件數與字數印在下面。
 
 # %% [markdown]
 # ### 11.1.1 大規模文字資料清洗 · Cleaning text at scale
@@ -115,8 +115,12 @@ paragraphs = [p for p in load_tiny_shakespeare().split("\n\n") if p.strip()]
 docs += paragraphs
 sources += ["shakespeare"] * len(paragraphs)
 raw = datasets.Dataset.from_dict({"text": docs, "source": sources})
-print(f"{len(raw):,} raw documents, {sum(map(len, docs)):,} characters:",
-      {s: sources.count(s) for s in dict.fromkeys(sources)})
+chars = dict.fromkeys(sources, 0)
+for d, s in zip(docs, sources):
+    chars[s] += len(d)
+print(f"{len(raw):,} raw documents, {sum(chars.values()):,} characters")
+for s, n in chars.items():
+    print(f"  {s:12s} {sources.count(s):6,} documents {n:10,} characters")
 
 
 def clean_batch(batch: dict) -> dict:
