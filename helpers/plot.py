@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["set_style", "plot_attention", "plot_history", "cjk_font"]
+__all__ = ["set_style", "plot_attention", "plot_history", "cjk_font", "draw_stack"]
 
 
 # Families that draw Chinese, best first; the first one installed on the system wins.
@@ -98,3 +98,51 @@ def plot_history(history: dict, keys: Sequence[str] = ("loss",), ax=None, title:
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def draw_stack(ax, labels: Sequence[str], x: float = 0.0, y: float = 0.0, width: float = 3.0, height: float = 0.42,
+               gap: float = 0.3, colors: Sequence[str] | None = None, skips: Sequence[tuple[int, int]] = (),
+               repeat: tuple[int, int, str] | None = None, fontsize: float = 8) -> list[tuple[float, float]]:
+    """Draw a column of labelled boxes for an architecture diagram, ``labels[0]`` at the bottom, an arrow between
+    consecutive boxes (data flows upward). ``skips``: (i, j) pairs, a residual connection that leaves below box i,
+    runs beside the column and is added (⊕) above box j. ``repeat``: (i, j, text), a dashed frame around boxes
+    i..j labelled e.g. "N ×". Returns the (x, y) centre of every box, bottom to top, for extra arrows."""
+    from matplotlib.patches import FancyBboxPatch, Rectangle
+    labels = list(labels)
+    n = len(labels)
+    if n == 0 or not all(isinstance(s, str) for s in labels):
+        raise ValueError(f"labels must be a non-empty sequence of strings, got {labels!r}")
+    if colors is not None and len(colors) != n:
+        raise ValueError(f"colors needs one colour per label ({n}), got {len(colors)}")
+    for i, j in skips:
+        if not 0 <= i <= j < n:
+            raise ValueError(f"skip ({i}, {j}) must satisfy 0 <= i <= j < {n} (from below box i to above box j)")
+    if repeat is not None and not (len(repeat) == 3 and 0 <= repeat[0] <= repeat[1] < n):
+        raise ValueError(f"repeat must be (first_box, last_box, text) with 0 <= first <= last < {n}, got {repeat!r}")
+    step = height + gap
+    centres = [(x, y + i * step) for i in range(n)]
+    for i, (label, (cx, cy)) in enumerate(zip(labels, centres)):
+        ax.add_patch(FancyBboxPatch((cx - width / 2, cy - height / 2), width, height, boxstyle="round,pad=0.02",
+                                    fc=colors[i] if colors is not None else "#eef2f7", ec="#444", lw=0.8))
+        ax.text(cx, cy, label, ha="center", va="center", fontsize=fontsize)
+        if i + 1 < n:
+            ax.annotate("", (cx, cy + height / 2 + gap), (cx, cy + height / 2),
+                        arrowprops=dict(arrowstyle="-|>", color="#444", lw=0.8, shrinkA=0, shrinkB=0))
+    side = x + width / 2 + 0.25
+    for i, j in skips:
+        lo, hi = centres[i][1] - height / 2 - gap / 2, centres[j][1] + height / 2 + gap / 2
+        ax.plot([x, side, side], [lo, lo, hi], color="#888", lw=0.8)
+        ax.annotate("", (x + 0.09, hi), (side, hi),
+                    arrowprops=dict(arrowstyle="-|>", color="#888", lw=0.8, shrinkA=0, shrinkB=0))
+        ax.text(x, hi, "⊕", ha="center", va="center", fontsize=fontsize + 3, zorder=5,
+                bbox=dict(boxstyle="circle,pad=0.0", fc="white", ec="none"))
+    if repeat is not None:
+        i, j, text = repeat
+        lo, hi = centres[i][1] - height / 2 - gap * 0.8, centres[j][1] + height / 2 + gap * 0.8
+        left = x - width / 2 - 0.15
+        ax.add_patch(Rectangle((left, lo), width + 0.7, hi - lo, fill=False, ls="--", ec="#666", lw=0.8))
+        ax.text(left - 0.1, (lo + hi) / 2, text, ha="right", va="center", fontsize=fontsize + 1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.autoscale_view()
+    return centres

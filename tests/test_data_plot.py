@@ -157,3 +157,34 @@ def test_cjk_font_registers_the_packaged_font_when_none_is_installed(monkeypatch
     assert name in ("Noto Sans CJK TC", "Noto Sans CJK JP")  # JP: matplotlib < 3.11 reads only a .ttc's first face
     assert any(f.name == name and "noto_cjk_sans_otc" in f.fname for f in fm.ttflist)
     fm._findfont_cached.cache_clear()
+
+
+# --------------------------------------------------------------------------- architecture diagrams
+
+def test_draw_stack_places_boxes_bottom_to_top_and_draws_skips_and_frame():
+    from matplotlib.patches import FancyBboxPatch, Rectangle
+    fig, ax = plt.subplots()
+    centres = plot.draw_stack(ax, ["嵌入 (wte)", "LayerNorm (ln_1)", "注意力 (attn)"], x=1.0, y=2.0, height=0.5, gap=0.25,
+                              colors=["#fff", "#eee", "#ddd"], skips=[(1, 2)], repeat=(1, 2, "12 ×"))
+    assert centres == [(1.0, 2.0), (1.0, 2.75), (1.0, 3.5)]
+    boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
+    assert len(boxes) == 3 and [b.get_y() + b.get_height() / 2 for b in boxes] == [2.0, 2.75, 3.5]
+    assert sum(isinstance(p, Rectangle) and not isinstance(p, FancyBboxPatch) for p in ax.patches) == 1  # the N × frame
+    texts = [t.get_text() for t in ax.texts]
+    assert "注意力 (attn)" in texts and "12 ×" in texts and texts.count("⊕") == 1
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(labels=[]), "non-empty"),
+    (dict(labels=["a", 3]), "strings"),
+    (dict(labels=["a", "b"], colors=["red"]), "one colour per label"),
+    (dict(labels=["a", "b"], skips=[(1, 0)]), "skip"),
+    (dict(labels=["a", "b"], skips=[(0, 2)]), "skip"),
+    (dict(labels=["a", "b"], repeat=(0, 5, "N ×")), "repeat"),
+])
+def test_draw_stack_rejects_bad_input(kwargs, match):
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match=match):
+        plot.draw_stack(ax, **kwargs)
+    plt.close(fig)
