@@ -8,7 +8,7 @@ NB      ?= notebooks/*.ipynb
 PY      := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install data lab test unit check notebooks results student lint clean
+.PHONY: help install data lab test unit check notebooks results student lint clean bench
 
 help:
 	@echo "make lab        set up and open the notebooks in JupyterLab"
@@ -19,6 +19,7 @@ help:
 	@echo "make results    rewrite README's results table from the executed notebooks"
 	@echo "make student    classroom copies without the exercises' answers, in student/"
 	@echo "make lint       ruff over helpers, tests, scripts and notebooks"
+	@echo "make bench      time our models against PyTorch/transformers/ONNX Runtime; data/bench/bench.json + README (~3 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,12 @@ notebooks: data
 
 results: install
 	$(PY) scripts/results.py
+
+# Side-by-side timings (ours vs the libraries) into data/bench/bench.json and data/bench/scaling.png, then README's
+# performance section from that JSON. BENCH_QUICK=1 for a seconds-long smoke run (tests/test_bench.py runs it).
+bench: install
+	$(OFFLINE) $(PY) scripts/bench.py
+	$(PY) scripts/bench.py --readme
 
 # Classroom copies: every cell tagged `answer` emptied (source and outputs), the rest as committed.
 student: install
