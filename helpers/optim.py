@@ -8,7 +8,7 @@ the gradient of the whole batch's mean loss, with the mean taken over tokens (pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -127,13 +127,22 @@ class LAMB(torch.optim.Optimizer):
                 if p in self.state and "trust_ratio" in self.state[p]}
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two param groups: matrices (ndim >= 2) with ``weight_decay``, biases and norm gains (ndim < 2) without."""
+def decay_groups(model: nn.Module, weight_decay: float, no_decay: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Two param groups: matrices (ndim >= 2) with ``weight_decay``; biases and norm gains (ndim < 2), and every
+    parameter whose name contains one of the ``no_decay`` strings (e.g. ViT's ``("cls_token", "pos.")``), without."""
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if isinstance(no_decay, str) or not all(isinstance(k, str) and k for k in no_decay):
+        raise TypeError(f"no_decay must be a list or tuple of non-empty name fragments like ('cls_token', 'pos.'), "
+                        f"got {no_decay!r}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    unused = [k for k in no_decay if not any(k in n for n, _ in named)]
+    if unused:
+        raise ValueError(f"no_decay entries {unused} match no parameter name; names look like "
+                         f"{[n for n, _ in named[:4]]}")
+    exempt = [p.ndim < 2 or any(k in n for k in no_decay) for n, p in named]
+    return [{"params": [p for (_, p), e in zip(named, exempt) if not e], "weight_decay": weight_decay},
+            {"params": [p for (_, p), e in zip(named, exempt) if e], "weight_decay": 0.0}]
 
 
 # --------------------------------------------------------------------------- schedules (multipliers of the base lr)

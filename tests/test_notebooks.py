@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.util
 import json
 import re
 import shutil
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("colab", ROOT / "scripts" / "colab_cell.py")
+colab = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(colab)
 TOC_FILE = ROOT / "data" / "toc.json"
 SHARED_TOC_FILE = ROOT.parent / "shared" / "book" / "toc.json"  # the book's table of contents, when checked out
 TOC = json.loads(TOC_FILE.read_text(encoding="utf-8"))
@@ -206,7 +210,7 @@ def test_chapter_title(path):
 def test_config_cell(path):
     """Code cell 2 (after the imports) holds only UPPERCASE constants, SEED among them, after a 設定 markdown cell."""
     nb = load(path)
-    code = code_cells(nb)
+    code = [c for c in code_cells(nb) if not c[1].startswith(colab.MARKER)]  # after the Colab install cell
     assert len(code) >= 2, f"{path.name}: needs an imports cell and a configuration cell"
     (setup, _, setup_tree), (cfg, cfg_src, cfg_tree) = code[:2]
     assert any(isinstance(n, ast.Import) and any(a.name == "helpers" for a in n.names) for n in setup_tree.body), \

@@ -57,6 +57,15 @@ def test_bad_trust_clip_and_groups():
         O.decay_groups(nn.Linear(2, 2), -1.0)
     groups = O.decay_groups(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)), 0.1)
     assert [len(g["params"]) for g in groups] == [1, 3]
+    from helpers.vit import ViT
+    vit = ViT(patch_size=7, d_model=8, depth=1, n_heads=2)
+    decayed, exempt = (g["params"] for g in O.decay_groups(vit, 0.05, no_decay=("cls_token", "pos.")))
+    assert any(p is vit.cls_token for p in exempt) and any(p is vit.pos.emb.weight for p in exempt)
+    assert all(p.ndim >= 2 for p in decayed) and len(decayed) + len(exempt) == len(list(vit.parameters()))
+    with pytest.raises(ValueError, match="match no parameter"):
+        O.decay_groups(vit, 0.05, no_decay=("position_embeddings",))
+    with pytest.raises(TypeError, match="list or tuple"):
+        O.decay_groups(vit, 0.05, no_decay="cls_token")
 
 
 def _lrs(make, T, lr=1.0, **okw):
