@@ -6,9 +6,10 @@
 
 The badge goes on the first line of the title cell (cell 0, after the `# 第 N 章` heading); the install cell is cell 1.
 On Colab that cell clones the repository, installs the packages the notebooks import (not the developer tools:
-JupyterLab, nbval, pytest, ruff, the site builder, which would fight Colab's own Jupyter) and the project itself,
+JupyterLab, nbval, pytest, ruff, the website's Sphinx and Playwright, which would fight Colab's own Jupyter) and the project itself,
 then moves into the notebooks folder; the loaders then download the canonical data. Anywhere else it does nothing.
-Not applied to the committed notebooks yet: adding the cell means re-executing every chapter (see README, Colab).
+``scripts/nbsrc/build.py`` applies the same function, so a rebuilt notebook keeps the cell; tests/test_notebooks.py
+checks that every committed notebook carries the current badge and cell.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
 
 # Packages in requirements.txt that only developers need; on Colab they would replace Colab's own Jupyter stack.
 DEV_ONLY = ("jupyterlab", "ipykernel", "ipywidgets", "nbconvert", "nbclient", "nbval", "pytest", "ruff",
-            "mkdocs", "mkdocs-material", "mkdocs-jupyter", "playwright", "jupyter-server-mathjax")
+            "sphinx", "myst-nb", "jupyter-server-mathjax", "playwright")  # tests/test_colab.py keeps this current
 
 CELL = '''\
 # Colab: on Google Colab this cell installs the book's code and packages; anywhere else it does nothing.

@@ -116,6 +116,14 @@ def test_cli_check_and_update(tmp_path, capsys):
     assert colab.main([str(path)]) == 0 and colab.main(["--check", str(path)]) == 0
 
 
+def test_dev_only_names_are_requirements():
+    """Every name the cell skips is still in requirements.txt (a renamed tool would otherwise be installed on Colab)."""
+    reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()]
+    reqs = [r for r in reqs if r]
+    for name in colab.DEV_ONLY:
+        assert any(r.startswith(name) for r in reqs), f"{name} is not in requirements.txt any more"
+
+
 def test_bad_input_is_a_clear_error():
     nb = notebook()
     with pytest.raises(ValueError, match="file name"):

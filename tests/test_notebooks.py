@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +202,14 @@ def test_chapter_title(path):
     want = f"# 第 {ch['chapter']} 章 {ch['zh']} · {ch['en']}"
     first = source(cells[0]).splitlines()[0] if cells[0]["cell_type"] == "markdown" and source(cells[0]) else ""
     assert first == want, f"{path.name} cell 0: title\n  {first!r}\nshould read\n  {want!r}"
+
+
+@notebook_params
+def test_colab_badge_and_install_cell(path):
+    """Cell 0 carries the "Open in Colab" badge for this notebook and cell 1 is the guarded install cell, exactly as
+    scripts/colab_cell.py writes them."""
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+    assert colab.is_current(nb, path.name), f"{path.name}: run `python scripts/colab_cell.py {path.relative_to(ROOT)}`"
 
 
 # --- the configuration cell and imports --------------------------------------------------------------------------

@@ -255,14 +255,14 @@ print(f"loss after {BF16_STEPS} steps: fp32 {loss_fp32[-1]:.4f}, bf16 {loss_bf16
 assert helpers.bf16_fast(device) or bf16_speedup < 1  # no native bf16 → autocast does not pay off here
 
 # %% [markdown]
-# 這台機器只有 AVX2、沒有原生 bf16,bf16 autocast 反而慢了一個數量級以上(上面印出的倍數):PyTorch 在這種 CPU 上
-# 用沒有向量化的慢路徑做 bf16 矩陣乘法。損失曲線:前 4 步到小數點後 3 位相同;第 5 步兩者都出現損失尖峰(學習率 3e-3、
-# 沒有預熱),fp32 跳到 5.361、bf16 跳到 4.629,這就是上面的最大差距 0.73;之後兩條曲線只差約 0.01,第 12 步為
-# 3.3587 與 3.3476。bf16 只有 8 位有效位元,在損失變化劇烈的地方會走出稍微不同的路徑。
-# 在有 `avx512_bf16` 的 CPU 上,本書的備忘錄(`notes/recipes-05-12.md`,另一台機器)量到 4 層 GPT 約 1.46× 的加速、
-# 100 步後的損失到小數點後 4 位相同。所以本書一律**依能力選精度**:
+# 這台機器的 CPU 有 `avx512_bf16`(上面印出的指令),bf16 autocast 比 fp32 快:每步從 46 毫秒降到 29 毫秒,1.58×。
+# 在只有 AVX2、沒有原生 bf16 的 CPU 上正好相反:PyTorch 在那種 CPU 上用沒有向量化的慢路徑做 bf16 矩陣乘法,autocast 反而慢很多。
+# 損失曲線:前 4 步到小數點後 3 位相同;第 5 步兩者都出現損失尖峰(學習率 3e-3、沒有預熱),fp32 跳到 5.361、
+# bf16 跳到 5.149,這就是上面的最大差距 0.21;之後兩條曲線相差不到 0.01,第 12 步為 3.3587 與 3.3549。
+# bf16 只有 8 位有效位元,在損失變化劇烈的地方會走出稍微不同的路徑。所以本書一律**依能力選精度**:
 # `amp_policy` 在有原生 bf16 的硬體選 bf16,在較舊的 GPU 選 fp16 + `GradScaler`,其他情況用 fp32。
-# 下面是訓練腳本與 GPU 讀者會走的同一段程式:在這裡選到 fp32(縮放器停用),在 V100/T4 這類 GPU 上自動變成 fp16 + 損失縮放。
+# 下面是訓練腳本與 GPU 讀者會走的同一段程式:在這台機器上選到 bf16(範圍與 fp32 相同,縮放器停用),在沒有原生 bf16 的
+# CPU 上是 fp32,在 V100/T4 這類 GPU 上自動變成 fp16 + 損失縮放。
 
 # %%
 def amp_train_step(model, batch, opt, scaler, dtype):
@@ -407,7 +407,7 @@ print(f"{DDP_STEPS} steps: DDP 2 processes × 1 thread {ddp_seconds:.2f} s | 1 p
 
 # %% [markdown]
 # 這裡 DDP 反而最慢(上面印出的秒數):模型很小,單一程序每步只要不到 2 毫秒,DDP 每步的 `all_reduce` 與程序間同步
-# 比計算本身還貴;這麼小的矩陣,多一條執行緒也幾乎沒有幫助。在真正的多張 GPU 上,每張卡有自己的算力,通訊又與反向傳播重疊,DDP 才帶來接近線性的加速。
+# 比計算本身還貴;這麼小的矩陣,多一條執行緒也沒有幫助(這次 2 條執行緒甚至比 1 條慢)。在真正的多張 GPU 上,每張卡有自己的算力,通訊又與反向傳播重疊,DDP 才帶來接近線性的加速。
 #
 # **為什麼不用 `DataParallel`?** `nn.DataParallel` 是單程序多執行緒:每一步都把模型從 GPU 0 **複製**到其他卡、
 # 把輸入切開送出、再把輸出收回 GPU 0 算損失,受 Python GIL 限制,也不能跨機器。PyTorch 官方文件因此建議一律用 DDP。
@@ -446,10 +446,12 @@ print(run_python(ROOT / "scripts" / "train_gpt.py", "--help", timeout=TIMEOUT))
 
 # %% [markdown]
 # 先單程序訓練 `GPT_STEPS` 步;再用 `--stop-after` 模擬在中途被中斷,接著 `--resume` 續跑到底;最後用 `torchrun`
-# 以 2 個程序跑同樣的設定。
+# 以 2 個程序跑同樣的設定。這幾次都加上 `--precision fp32`:要比較的是程序數,而預設的 `--precision auto`
+# 在有原生 bf16 的機器上會選 bf16,它只有 8 位有效位元,捨入誤差會蓋過加總順序造成的差異。
 
 # %%
-common = ["--steps", GPT_STEPS, "--save-every", 10, "--seed", SEED, "--eval-batches", 4]
+# float32 on every machine: these runs compare 1 vs 2 processes, and bf16 rounding would swamp that difference
+common = ["--steps", GPT_STEPS, "--save-every", 10, "--seed", SEED, "--eval-batches", 4, "--precision", "fp32"]
 print(run_python(ROOT / "scripts" / "train_gpt.py", *common, "--out-dir", WORK / "single", timeout=TIMEOUT))
 print(run_python(ROOT / "scripts" / "train_gpt.py", *common, "--out-dir", WORK / "resumed", "--stop-after", 20,
                  timeout=TIMEOUT).strip().splitlines()[-1])
@@ -469,7 +471,7 @@ assert gpt_ddp_diff < 1e-3
 
 # %% [markdown]
 # 續跑的結果與不中斷的結果**逐位元相同**(差距 0.0),因為檢查點存了亂數狀態,而資料位置就是步數。2 個程序與 1 個程序
-# 則相差 2.1e-5:float32 捨入誤差經過 30 步 AdamW 的累積(加總順序不同,原因同上)。
+# 則相差 9.3e-6:float32 捨入誤差經過 30 步 AdamW 的累積(加總順序不同,原因同上)。
 #
 # ### 7.2.3 Model Parallel 方案 · Model parallelism
 #
@@ -694,24 +696,25 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# 兩條曲線重合(最大差距 8.9e-8,第一步的梯度差 3.7e-8):梯度累積用 1/4 的啟動值記憶體,換來與大批次相同的訓練,代價是時間(4 次較小的前向、反向,
+# 兩條曲線重合(最大差距 6.0e-8,第一步的梯度差 3.0e-8):梯度累積用 1/4 的啟動值記憶體,換來與大批次相同的訓練,代價是時間(4 次較小的前向、反向,
 # 上面印出的秒數)。步數很少,準確率只說明模型在學,不代表充分訓練的水準。
 #
 # ## 7.4 本章小結 · Summary
 #
 # - **混合精度**:親手拆解 fp16/bf16 的位元,與 PyTorch 的轉換一致;fp16 讓小模型 98.7% 的梯度下溢成 0(相對誤差 0.72),
 #   損失縮放 2¹⁶ 把它們全部救回(相對誤差 0.0005);自寫的 `GradScaler` 與 `torch.amp.GradScaler` 的倍數軌跡和參數完全相同。
-#   本機沒有原生 bf16,bf16 autocast 比 fp32 慢一個數量級以上(`bf16_speedup` < 1),所以依能力選精度:`amp_policy` 在這裡選
-#   fp32,在有原生 bf16 的硬體選 bf16,在舊 GPU 上選 fp16 + `GradScaler`。
+#   本機有原生 bf16(`avx512_bf16`),bf16 autocast 比 fp32 快 1.58×,12 步的損失曲線除了第 5 步的尖峰(差 0.21)之外
+#   相差不到 0.01;沒有原生 bf16 的 CPU 上 autocast 反而更慢,所以依能力選精度:`amp_policy` 在這裡選 bf16,
+#   在沒有原生 bf16 的 CPU 上選 fp32,在舊 GPU 上選 fp16 + `GradScaler`。
 # - **資料並行**:DDP 與單程序在 float64 下相差 1.1e-16(100 步),float32 下 4.5e-8;ZeRO-1 與 DDP 參數完全相同(0.0),
 #   最滿的 rank 只存 DDP 51.7% 的最佳化器狀態;2 個 CPU 核心上 DDP 比單程序 2 執行緒慢。
-# - **模型並行**:手寫的張量並行 MLP、注意力與未切分模組相差 ≤ 5.7e-15,與 PyTorch 內建 DTensor 版本相差 5.6e-16;
-#   2 階段 GPipe 的梯度與未切分模型相差 5.6e-17,4 個微批次時氣泡佔 20%。
+# - **模型並行**:手寫的張量並行 MLP、注意力與未切分模組相差 ≤ 7.1e-15,與 PyTorch 內建 DTensor 版本相差 5.6e-16;
+#   2 階段 GPipe 的梯度與未切分模型相差 4.2e-17,4 個微批次時氣泡佔 20%。
 # - **梯度累積**:LayerNorm 模型 4 × 8 與 32 相差 3.0e-8,BatchNorm 相差 8.0e-2;補齊的文字若不按 token 數加權,
 #   梯度差 6.5e-2;`no_sync` 把一步的梯度通訊從 4 次 443,552 位元組減為 1 次 110,888 位元組;SST-2 上 8 × 4 與 32 的損失
-#   曲線相差 8.9e-8,驗證準確率相同(10 步,都是 0.580)。
+#   曲線相差 6.0e-8,驗證準確率相同(10 步,都是 0.580)。
 # - `scripts/train_gpt.py`:單程序、`torchrun`、多機同一支腳本;中斷後續跑與不中斷的參數相差 0.0,2 個程序與 1 個程序
-#   30 步後相差 2.1e-5(float32 捨入)。
+#   30 步後相差 9.3e-6(float32 捨入;這個比較固定用 `--precision fp32`)。
 
 # %%
 helpers.report(7, bf16_speedup=bf16_speedup, bf16_curve_diff=curve_diff, fp16_underflow_frac=zero_fp16,
