@@ -8,7 +8,7 @@ NB      ?= notebooks/*.ipynb
 PY      := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LLMBOOK_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install data lab test unit check notebooks results student lint clean bench
+.PHONY: help install data lab test unit check notebooks results student lint clean bench site
 
 help:
 	@echo "make lab        set up and open the notebooks in JupyterLab"
@@ -19,6 +19,7 @@ help:
 	@echo "make results    rewrite README's results table from the executed notebooks"
 	@echo "make student    classroom copies without the exercises' answers, in student/"
 	@echo "make lint       ruff over helpers, tests, scripts and notebooks"
+	@echo "make site       the book as a website (executed notebooks, search, math) in site/, offline (~15 s)"
 	@echo "make bench      time our models against PyTorch/transformers/ONNX Runtime; data/bench/bench.json + README (~3 min)"
 
 $(PY):
@@ -64,6 +65,11 @@ bench: install
 	$(OFFLINE) $(PY) scripts/bench.py
 	$(PY) scripts/bench.py --readme
 
+# The website: the committed notebooks (not executed) as HTML with the book's table of contents, Chinese full-text
+# search and MathJax, all served from site/ (no CDN). View: python -m http.server -d site. See scripts/site/.
+site: install
+	$(PY) scripts/site/build.py
+
 # Classroom copies: every cell tagged `answer` emptied (source and outputs), the rest as committed.
 student: install
 	$(PY) scripts/student.py
@@ -72,4 +78,4 @@ lint: install
 	$(VENV)/bin/ruff check helpers tests scripts notebooks
 
 clean:
-	rm -rf .pytest_cache .ruff_cache **/__pycache__ notebooks/runs notebooks/checkpoints student
+	rm -rf .pytest_cache .ruff_cache **/__pycache__ notebooks/runs notebooks/checkpoints student site
