@@ -123,7 +123,7 @@ def bf16_fast(device: torch.device | str | None = None) -> bool:
 
     CUDA: compute capability ≥ 8.0. CPU: the ISA flags ``avx512_bf16``, ``amx_bf16`` or Arm ``bf16`` (where the
     flags cannot be read, a timed bf16-vs-fp32 matmul). Without them PyTorch's CPU bf16 matmuls take a slow path
-    (measured here: 56× slower than fp32). ``LLMBOOK_BF16=1`` or ``0`` overrides the decision.
+    (measured on an AVX2-only CPU: 56× slower than fp32). ``LLMBOOK_BF16=1`` or ``0`` overrides the decision.
     """
     forced = os.environ.get("LLMBOOK_BF16", "").strip()
     if forced:
