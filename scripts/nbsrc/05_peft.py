@@ -11,7 +11,7 @@
 # 3. **Prompt tuning** 與 **P-tuning**:在輸入前加上可訓練的虛擬 token(virtual tokens),與 `peft` 的位置和輸出相同;
 # 4. 組合方法、長文本(IMDB)分類,以及一張在**相同樣本、相同步數**下比較所有方法的表。
 #
-# 全部在 2 核 CPU 上約四分鐘跑完;設定格註明在 GPU 上該調高的數值。
+# 全部在 2 核 CPU 上約兩到三分鐘跑完;設定格註明在 GPU 上該調高的數值。
 
 # %%
 import copy
@@ -56,7 +56,8 @@ print(f"torch {torch.__version__}, peft {peft.__version__}, device {device}, {to
       f"native bf16: {helpers.bf16_fast(device)}")
 
 # %% [markdown]
-# **設定 · Configuration.** 為 2 核 CPU(無原生 bf16,故以 float32 執行)設定。每種方法都用**同一批** SST-2 句子、
+# **設定 · Configuration.** 為 2 核 CPU 設定;精度依硬體能力選(上面印出的 `native bf16`):有原生 bf16(例如 AVX-512 BF16)
+# 時訓練與評估在 bf16 autocast 下執行,否則用 float32;本次執行是 bf16。每種方法都用**同一批** SST-2 句子、
 # **同樣的** `STEPS` 步訓練(每步 32 句,依長度分桶);驗證集取固定的前 `VAL_N` 句(依原順序)。步數很少,準確率
 # 因此低於充分訓練的數字;註解寫出在 GPU 上可以調高的數值。
 
@@ -320,7 +321,8 @@ record("LoRA", lora, hist_lora)
 
 # %% [markdown]
 # **證明 (c):合併(merge)。** 訓練後把 $W + \frac{\alpha}{r}BA$ 寫回權重,每個 `LoRALinear` 變回普通的 `nn.Linear`:
-# 輸出相同,而模型的結構和原模型一模一樣,所以推論不會變慢。下面量一批 16 句 × 64 token 的前向時間(5 次取中位數)。
+# 輸出相同,而模型的結構和原模型一模一樣,所以推論不會變慢。下面量一批 16 句 × 64 token 的前向時間(5 次取中位數);
+# 合併後與原模型的計算完全相同,印出的毫秒差只是共用 CPU 上的計時起伏。
 
 # %%
 merged = copy.deepcopy(lora)

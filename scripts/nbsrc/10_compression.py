@@ -14,7 +14,7 @@
 # 4. **BERT 注意力頭剪枝**(head pruning):依 Michel 等人(2019)的重要性移除注意力頭,`assert` 剪掉的模型等於遮罩版。
 #
 # 教師是 `helpers.teacher` 的快取成品:第一次需要時訓練一次(固定種子、固定句子與步數),存進資料快取,第 5、10、12 章共用。
-# 全部在 2 核 CPU 上約三分多鐘跑完;設定格註明 GPU 上該調高的數值。
+# 全部在 2 核 CPU 上約兩到三分鐘跑完;設定格註明 GPU 上該調高的數值。
 
 # %%
 import copy
@@ -60,7 +60,7 @@ print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} th
       f"native bf16: {helpers.bf16_fast(device)} (everything here runs in float32)")
 
 # %% [markdown]
-# **設定 · Configuration.** 為 2 核 CPU(無原生 bf16,故全用 float32)設定。學生只看 3,072 句轉移集(transfer set)、
+# **設定 · Configuration.** 為 2 核 CPU 設定(本章全用 float32,有沒有原生 bf16 都一樣)。學生只看 3,072 句轉移集(transfer set)、
 # 訓練 2 個 epoch,每種設定兩個種子;MNIST 用 5,000 張訓練圖、全部 10,000 張測試圖。所有大小都在這格,
 # 註解寫出 GPU 上可以調高的數值。
 
@@ -83,7 +83,7 @@ LAT_REPEAT = 10  # timing runs per latency figure (median)
 # %% [markdown]
 # **教師。** `load_teacher()` 從資料快取載入微調好的 MiniLM(平均池化分類頭,`helpers.bert.BertClassifier`);
 # 快取裡沒有時,它依 `helpers.teacher.RECIPE` 先訓練一次(8,000 句 SST-2、依長度分桶、凍結詞嵌入、AdamW、
-# 10 % 預熱後線性衰減,約兩分鐘)並以 safetensors 原子寫入(`make data` 會先做好)。重新評估一次,確認快取裡的就是當初那個模型:
+# 10 % 預熱後線性衰減,約一到兩分鐘)並以 safetensors 原子寫入(`make data` 會先做好)。重新評估一次,確認快取裡的就是當初那個模型:
 # 驗證準確率 0.8544(872 句)。
 
 # %%
@@ -412,8 +412,8 @@ for name in names[1:]:
 # 在全部 10,000 張測試圖上評估。接著用 `torch.nn.utils.prune.global_unstructured` 做**全域**量級剪枝(global magnitude pruning):
 # 所有層的權重一起排序,剪掉絕對值最小的 50/80/90/95 %,再以遮罩固定、微調 1 個 epoch。公平的對照是**密集模型也多訓練同樣 1 個 epoch**。
 # 全域剪枝自動把大部分的剪除量放在參數最多的 `fc1`(90 % 時 fc1 剪掉 93 %、conv1 只剪 8 %)。
-# 剪掉 50 % 與 80 % 後不微調只掉 0.6 點左右;95 % 時掉到 0.7786,但 1 個 epoch 的微調就回到 0.9561。
-# 與公平對照(密集模型多訓練 1 個 epoch:0.9671)相比,剪 50 % 再微調一樣是 0.9671,90 % 是 0.9647(−0.2 點)。
+# 剪掉 50 % 與 80 % 後不微調只掉 0.6 點左右;95 % 時掉到 0.7801,但 1 個 epoch 的微調就回到 0.9559。
+# 與公平對照(密集模型多訓練 1 個 epoch:0.9668)相比,剪 50 % 再微調是 0.9672(幾乎一樣),90 % 是 0.9650(−0.2 點)。
 
 # %%
 def mnist_tensors(train):
@@ -490,7 +490,7 @@ assert rows[0][1] > base_acc - 0.01  # half of the weights go almost for free
 
 # %% [markdown]
 # **遮罩不會讓模型變小,也不會變快。** `prune` 把權重換成 `weight_orig` 與 `weight_mask` 兩份,
-# `forward` 時才相乘:檔案從 427 KB 變成 852 KB(**變大一倍**,已斷言),密集矩陣乘法照樣算那些 0,延遲不變(見上面印出的時間)。
+# `forward` 時才相乘:檔案從 427 KB 變成 852 KB(**變大一倍**,已斷言),密集矩陣乘法照樣算那些 0,延遲沒有下降(見上面印出的時間;遮罩版還多一次相乘)。
 # `prune.remove` 把遮罩烘進權重後檔案回到 427 KB;真正變小要用稀疏格式儲存:CSR(int32 索引)只要 91 KB。
 # 稀疏矩陣乘法在 93 % 的零之下,實測加速也遠不到理論上少算的 14 倍(見印出的時間)—— 要在 CPU 上真的加速,需要結構化剪枝。
 
@@ -549,7 +549,7 @@ print(f"fc1 ({(dense_w == 0).float().mean():.0%} zeros) times 1000 vectors: dens
 # 細節:被剪的通道權重為 0,但偏差(bias)還在,經過 ReLU 後輸出常數 $\mathrm{relu}(b)$,這個常數仍流進下一層。
 # 把它乘上下一層對應的權重、加進下一層的偏差(**偏差折疊**, bias folding),重建的網路才與遮罩版**完全相同**(已斷言)。
 # 不折疊的話 logits 最多差 0.52。(這也是卷積不補零的原因:補零時邊界的常數貢獻不同,無法折進偏差。)
-# 結果:參數 108,618 → 53,866,準確率 0.9593(遮罩版與重建版相同;公平對照 0.9671,即 −0.8 點),
+# 結果:參數 108,618 → 53,866,準確率 0.9594(遮罩版與重建版相同;公平對照 0.9668,即 −0.7 點),
 # 1000 張圖的延遲真的下降(倍數見上面印出的結果;這台共用 CPU 上的計時每次執行都有起伏,遮罩版則完全不會變快)。
 
 # %%
@@ -593,7 +593,7 @@ assert ms_rebuilt < ms_dense2
 # **另一個 Python 行程**裡執行(`scripts/ort_infer.py`,只匯入 NumPy 與 onnxruntime,並回報 `torch` 不在 `sys.modules` 中,已斷言),
 # 就像裝置上沒有 PyTorch;int8 版本由 `onnxruntime.quantization.quantize_dynamic` 產生。ONNX fp32 的輸出與 PyTorch 在 10,000 張圖上相差
 # 不到 1e-4(已斷言)。表中的大小是 KB、延遲是批次 1 的每張毫秒數、準確率是全部 10,000 張測試圖:
-# 剪枝加 int8 從 427 KB 降到 60 KB,準確率 0.9587。表的第一列是同樣多訓練 1 個 epoch 的密集模型,作為公平對照。
+# 剪枝加 int8 從 427 KB 降到 60 KB,準確率 0.9588。表的第一列是同樣多訓練 1 個 epoch 的密集模型,作為公平對照。
 
 # %%
 work = Path(tempfile.mkdtemp(prefix="ch10_"))
@@ -666,9 +666,9 @@ assert deploy["pruned, ONNX int8 (ORT)"][2] > dense_ft_acc - 0.02
 
 # %% [markdown]
 # 同一條路用在 MiniLM 教師上:PyTorch 動態 int8、ONNX fp32 與 ONNX Runtime int8,都在全部 872 句驗證集上評估。
-# int8 把檔案從 86.7 MB 降到 55.9 MB(詞嵌入仍是 fp32),準確率 0.8475(PyTorch,−0.7 點)與 0.8463(ONNX Runtime,−0.8 點)。
-# 速度:這台 CPU 只有 AVX2、沒有 VNNI 的 int8 指令,int8 的加速比筆記中在 AVX-512 機器上量到的 3.4× 小得多,
-# 以表中印出的倍數為準 —— 量化的好處取決於硬體,一定要在目標機器上量。
+# int8 把檔案從 86.7 MB 降到 55.9 MB(詞嵌入仍是 fp32),準確率 0.8463(PyTorch,−0.8 點)與 0.8509(ONNX Runtime,−0.3 點)。
+# 速度:本次執行的 CPU 有 AVX-512 與 VNNI 的 int8 點積指令,int8 在批次 32 上約快 2 倍,批次 1 只快 1.3–1.6 倍,
+# 仍小於筆記中在另一台 AVX-512 機器上量到的 3.4×;以表中印出的倍數為準 —— 量化的好處取決於硬體,一定要在目標機器上量。
 
 # %%
 class Logits(nn.Module):  # ONNX wants positional tensor inputs and one output
@@ -802,9 +802,9 @@ assert curve["importance", n_mid][0] >= curve["random", n_mid][0]
 #
 # - **蒸餾**:教師 MiniLM 0.8544;學生(0.052× 參數、檔案 0.055×)快一個數量級以上,但低 8–14 點。
 #   在這個規模下 KD 與 CE 看不出差異(兩個種子),PCA 從教師初始化嵌入則多了 4.2 點。`KLDivLoss` 一定要用 `batchmean`,`mean` 會除以類別數。
-# - **非結構化剪枝**:90 % 的權重剪掉、微調 1 個 epoch 後準確率 0.9647;遮罩讓檔案變成兩倍、速度不變;CSR 儲存才變成 91 KB。
-# - **結構化剪枝**:一半的卷積通道拿掉並重建(偏差折疊後與遮罩版完全相同),參數減半、延遲真的下降(倍數見下表),準確率 0.9593。
-# - **部署**:剪枝 + int8 + ONNX Runtime:60 KB、準確率 0.9587;MiniLM int8 掉 0.7–0.8 點,加速幅度取決於 CPU 的 int8 指令。
+# - **非結構化剪枝**:90 % 的權重剪掉、微調 1 個 epoch 後準確率 0.9650;遮罩讓檔案變成兩倍、速度沒有提升;CSR 儲存才變成 91 KB。
+# - **結構化剪枝**:一半的卷積通道拿掉並重建(偏差折疊後與遮罩版完全相同),參數減半、延遲真的下降(倍數見下表),準確率 0.9594。
+# - **部署**:剪枝 + int8 + ONNX Runtime:60 KB、準確率 0.9588;MiniLM int8 掉 0.3–0.8 點,加速幅度取決於 CPU 的 int8 指令。
 # - **注意力頭剪枝**:依重要性剪掉 72 個頭中的 36 個,準確率 0.8326(−2.2 點,未再微調),隨機剪掉同樣多是 0.7878;剪 48 個時差距更大(0.8326 對 0.7317)。
 #
 # 下表把每種技術的大小、速度與準確率都寫成相對原模型的比值(CNN 的準確率相對「密集模型多訓練 1 個 epoch」)。

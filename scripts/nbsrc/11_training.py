@@ -359,7 +359,9 @@ print(f"torchrun, 2 processes: {ddp['seconds']:.1f} s in all, {ddp_summary['toke
 # %% [markdown]
 # **MFU**(model FLOPs utilization):訓練每個 token 約需 $6N$ 次浮點運算(前向 $2N$、反向 $4N$,$N$ 為參數量),
 # 注意力再加 $12\,L\,d\,T$(nanoGPT 的 `estimate_mfu`)。把 tokens/s 換成 FLOP/s,除以這台機器量得的矩陣乘法峰值
-# (與第 0 章相同的量法),就是模型用到了硬體的幾成:
+# (與第 0 章相同的量法),就是模型用到了硬體的幾成。峰值是 **float32** 矩陣乘法量的;設定裡的 `precision="auto"` 在有
+# 原生 bf16 的 CPU 上(本次執行,開頭印出 `native bf16: True`)讓訓練在 bf16 autocast 下執行,而 bf16 的峰值通常更高,
+# 所以這裡的 MFU 是相對 float32 峰值的比例,相對 bf16 峰值會更低:
 
 # %%
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
