@@ -23,10 +23,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TOC = json.loads((ROOT / "data" / "toc.json").read_text(encoding="utf-8"))
-# The Colab badge and install cell as scripts/colab_cell.py writes them (tests/test_site.py checks that they agree).
-BADGE_URL = "https://colab.research.google.com/assets/colab-badge.svg"
+sys.path.insert(0, str(ROOT / "scripts"))
+from colab_cell import BADGE_IMG as BADGE_URL  # noqa: E402  (the badge and install cell the notebooks carry)
+from colab_cell import MARKER as COLAB_MARKER  # noqa: E402
+
 BADGE_LOCAL = "colab-badge.svg"
-COLAB_MARKER = "# Colab:"
 EXTERNAL = re.compile(r"""<(?:script|img|iframe|source)\b[^>]*\bsrc=["'](?:https?:)?//|"""
                       r"""<link\b(?=[^>]*\brel=["'](?:stylesheet|preload|modulepreload|icon)["'])[^>]*\bhref=["'](?:https?:)?//""",
                       re.I)
