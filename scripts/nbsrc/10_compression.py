@@ -667,8 +667,8 @@ assert deploy["pruned, ONNX int8 (ORT)"][2] > dense_ft_acc - 0.02
 # %% [markdown]
 # 同一條路用在 MiniLM 教師上:PyTorch 動態 int8、ONNX fp32 與 ONNX Runtime int8,都在全部 872 句驗證集上評估。
 # int8 把檔案從 86.7 MB 降到 55.9 MB(詞嵌入仍是 fp32),準確率 0.8463(PyTorch,−0.8 點)與 0.8509(ONNX Runtime,−0.3 點)。
-# 速度:本次執行的 CPU 有 AVX-512 與 VNNI 的 int8 點積指令,int8 在批次 32 上約快 2 倍,批次 1 只快 1.3–1.6 倍,
-# 仍小於筆記中在另一台 AVX-512 機器上量到的 3.4×;以表中印出的倍數為準 —— 量化的好處取決於硬體,一定要在目標機器上量。
+# 速度:本次執行 int8 在批次 32 上約快 2 倍,批次 1 只快 1.3–1.6 倍(表中印出的倍數);CPU 有沒有 int8 點積指令
+# (x86 的 AVX-512 VNNI/AMX)差別很大 —— 量化的好處取決於硬體,一定要在目標機器上量。
 
 # %%
 class Logits(nn.Module):  # ONNX wants positional tensor inputs and one output
